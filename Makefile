@@ -1,0 +1,81 @@
+# pglane: a PostgreSQL routing proxy.  See README.md.
+#   make            build ./pglane
+#   make test       install what is missing, build, run unit + integration tests
+#   make run        install what is missing, start a throwaway PostgreSQL and pglane
+#   make test-asan  the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer
+
+CC      ?= cc
+PKGS    := libevent_core libevent_extra libevent_openssl libssl libcrypto libpq inih
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
+
+OPT     ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter $(OPT) -I. $(PKG_CFLAGS) $(SANFLAGS)
+LDFLAGS += $(SANFLAGS)
+LDLIBS  += $(PKG_LIBS) -lpthread
+
+BUILD   ?= build
+# Everything outside proxy/main.c goes into one static library that the unit tests link too.
+LIB_SRC  := $(wildcard auth/*.c routing/*.c certs/*.c conf/*.c) $(filter-out proxy/main.c,$(wildcard proxy/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TOOL_SRC := $(wildcard tests/integration/*.c)
+TOOL_BIN := $(TOOL_SRC:tests/integration/%.c=$(BUILD)/tools/%)
+
+.PHONY: all deps test unit integration run bench clean format test-asan check-tools
+all: pglane
+
+pglane: $(BUILD)/proxy/main.o $(BUILD)/libpglane.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/libpglane.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libpglane.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libpglane.a $(LDFLAGS) $(LDLIBS) $(CMOCKA_LIBS)
+
+$(BUILD)/tools/%: tests/integration/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(LDLIBS)
+
+-include $(LIB_OBJ:.o=.d) $(BUILD)/proxy/main.d
+
+deps:
+	@scripts/deps.sh
+
+unit-bins: $(UNIT_BIN) $(TOOL_BIN)
+
+# `make test` installs what is missing, then builds and runs everything, ending in "N passed, N failed".
+test: deps
+	$(MAKE) pglane unit-bins
+	tests/run-all.sh $(BUILD)
+
+unit: pglane unit-bins
+	tests/run-all.sh $(BUILD) unit
+
+integration: pglane unit-bins
+	tests/run-all.sh $(BUILD) integration
+
+test-asan: deps
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all" pglane unit-bins
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 tests/run-all.sh build-asan
+
+run: deps pglane
+	scripts/run-demo.sh
+
+bench: deps pglane
+	bench/run.sh
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan pglane

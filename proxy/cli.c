@@ -1,0 +1,309 @@
+/*
+ * cli: the subcommands that read the ini file and do one thing: check, env, exec.
+ * Exit status: 0 done, 1 the file or the work failed (the message says which), 2 a usage error.
+ */
+#include "proxy/proxy.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+struct cli_args {
+	const char *conf_path;
+	const char *app;
+	bool have_timeline;
+	enum timeline_kind kind;
+	const char *branch;
+	const char *format;
+	char **rest; /* after "--" */
+	int nrest;
+};
+
+static int cli_usage_error(const char *cmd, const char *msg, const char *arg)
+{
+	fprintf(stderr, "pglane %s: %s%s%s%s\n", cmd, msg, arg ? " \"" : "", arg ? arg : "", arg ? "\"" : "");
+	fprintf(stderr, "run `pglane --help` for usage\n");
+	return 2;
+}
+
+/* Parses -c FILE, --production/--preview/--branch NAME, --format F, one positional APP and "-- CMD...".
+ * Returns 0 or the exit status of a usage error (message printed). */
+static int cli_parse(const char *cmd, int argc, char **argv, struct cli_args *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->conf_path = CONF_DEFAULT_PATH;
+	for (int i = 1; i < argc; i++) {
+		const char *s = argv[i];
+		if (strcmp(s, "--") == 0) {
+			a->rest = argv + i + 1;
+			a->nrest = argc - i - 1;
+			break;
+		}
+		bool has_value = i + 1 < argc;
+		if (strcmp(s, "-c") == 0 || strcmp(s, "--config") == 0) {
+			if (!has_value)
+				return cli_usage_error(cmd, "missing file after", s);
+			a->conf_path = argv[++i];
+		} else if (strcmp(s, "--production") == 0 || strcmp(s, "--preview") == 0 || strcmp(s, "--branch") == 0) {
+			if (a->have_timeline)
+				return cli_usage_error(cmd, "more than one timeline given at", s);
+			a->have_timeline = true;
+			if (strcmp(s, "--production") == 0) {
+				a->kind = TIMELINE_PRODUCTION;
+			} else if (strcmp(s, "--preview") == 0) {
+				a->kind = TIMELINE_PREVIEW;
+			} else {
+				if (!has_value)
+					return cli_usage_error(cmd, "missing branch name after", s);
+				a->kind = TIMELINE_BRANCH;
+				a->branch = argv[++i];
+			}
+		} else if (strcmp(s, "--format") == 0) {
+			if (!has_value)
+				return cli_usage_error(cmd, "missing format after", s);
+			a->format = argv[++i];
+		} else if (s[0] == '-') {
+			return cli_usage_error(cmd, "unknown option", s);
+		} else if (!a->app) {
+			a->app = s;
+		} else {
+			return cli_usage_error(cmd, "unexpected argument", s);
+		}
+	}
+	return 0;
+}
+
+static struct conf *cli_load(const char *cmd, const char *path)
+{
+	static char err[16384];
+	struct conf *c = conf_load(path, err, sizeof(err));
+
+	if (!c) {
+		fputs(err, stderr);
+		fprintf(stderr, "pglane %s: %s is not valid\n", cmd, path);
+	}
+	return c;
+}
+
+/* The route of the app and timeline the arguments name; prints why not and returns false. */
+static bool cli_route(const char *cmd, const struct conf *c, const struct cli_args *a, struct route *r)
+{
+	char err[256];
+	struct timeline tl;
+
+	if (!a->app || !a->have_timeline) {
+		fprintf(stderr, "pglane %s: give an app and --production, --preview or --branch NAME\n", cmd);
+		return false;
+	}
+	const struct conf_app *app = conf_app_find(c, a->app);
+	if (!app) {
+		fprintf(stderr, "pglane %s: no app \"%s\" in %s\n", cmd, a->app, c->path);
+		return false;
+	}
+	if (!timeline_set(&tl, a->kind, a->branch, app->production_branch, err, sizeof(err)) ||
+	    !route_for(app, &tl, r, err, sizeof(err))) {
+		fprintf(stderr, "pglane %s: %s\n", cmd, err);
+		return false;
+	}
+	return true;
+}
+
+static int cmd_check(int argc, char **argv)
+{
+	static char err[16384];
+	struct cli_args a;
+	int rc = cli_parse("check", argc, argv, &a);
+
+	if (rc)
+		return rc;
+	struct conf *c = cli_load("check", a.conf_path);
+	if (!c)
+		return 1;
+	if (conf_warnings(c, err, sizeof(err)) > 0)
+		fputs(err, stderr);
+	struct snapshot *s = snapshot_new(c, err, sizeof(err));
+	if (!s) {
+		fprintf(stderr, "%s: %s\n", a.conf_path, err);
+		conf_free(c);
+		return 1;
+	}
+	printf("%s: ok (%zu instances, %zu apps)\n", a.conf_path, c->ninstances, c->napps);
+	snapshot_unref(s);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- env and exec */
+
+#define ENV_NVARS 7
+
+struct env_vars {
+	const char *names[ENV_NVARS];
+	char values[ENV_NVARS][2048];
+};
+
+static void url_encode(const char *s, char *out, size_t outlen)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t o = 0;
+
+	for (; *s && o + 4 < outlen; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+		    ch == '.' || ch == '_' || ch == '~') {
+			out[o++] = (char)ch;
+		} else {
+			out[o++] = '%';
+			out[o++] = hex[ch >> 4];
+			out[o++] = hex[ch & 15];
+		}
+	}
+	out[o] = '\0';
+}
+
+static void env_build(const struct conf *c, const struct route *r, struct env_vars *e)
+{
+	static const char *const names[ENV_NVARS] = {"PGHOST",     "PGPORT",    "PGDATABASE",  "PGUSER",
+						     "PGPASSWORD", "PGSSLMODE", "DATABASE_URL"};
+	char user[512], euser[1536], edb[256];
+	struct identity id = r->id;
+	const char *sslmode = c->tls_mode == TLS_MODE_REQUIRE || (c->tls_cert && c->tls_mode != TLS_MODE_DISABLE)
+				      ? "require"
+				      : "disable";
+
+	memcpy(e->names, names, sizeof(names));
+	identity_format_user(&id, user, sizeof(user));
+	snprintf(e->values[0], sizeof(e->values[0]), "%s", c->public_host);
+	snprintf(e->values[1], sizeof(e->values[1]), "%d", c->public_port);
+	snprintf(e->values[2], sizeof(e->values[2]), "%s", r->dbname);
+	snprintf(e->values[3], sizeof(e->values[3]), "%s", user);
+	snprintf(e->values[4], sizeof(e->values[4]), "%s", r->token);
+	snprintf(e->values[5], sizeof(e->values[5]), "%s", sslmode);
+	url_encode(user, euser, sizeof(euser));
+	url_encode(r->dbname, edb, sizeof(edb));
+	bool v6 = strchr(c->public_host, ':') != NULL;
+	snprintf(e->values[6], sizeof(e->values[6]), "postgresql://%s:%s@%s%s%s:%d/%s?sslmode=%s", euser, r->token,
+		 v6 ? "[" : "", c->public_host, v6 ? "]" : "", c->public_port, edb, sslmode);
+}
+
+static void print_shell_quoted(const char *s)
+{
+	putchar('\'');
+	for (; *s; s++) {
+		if (*s == '\'')
+			fputs("'\\''", stdout);
+		else
+			putchar(*s);
+	}
+	putchar('\'');
+}
+
+static void print_json_string(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			printf("\\%c", ch);
+		else if (ch < 0x20)
+			printf("\\u%04x", ch);
+		else
+			putchar(ch);
+	}
+	putchar('"');
+}
+
+static int cmd_env(int argc, char **argv)
+{
+	struct cli_args a;
+	struct route r;
+	struct env_vars e;
+	int rc = cli_parse("env", argc, argv, &a);
+
+	if (rc)
+		return rc;
+	const char *fmt = a.format ? a.format : "shell";
+	if (strcmp(fmt, "shell") != 0 && strcmp(fmt, "dotenv") != 0 && strcmp(fmt, "json") != 0)
+		return cli_usage_error("env", "--format is shell, dotenv or json, not", fmt);
+	struct conf *c = cli_load("env", a.conf_path);
+	if (!c)
+		return 1;
+	if (!cli_route("env", c, &a, &r)) {
+		conf_free(c);
+		return 1;
+	}
+	env_build(c, &r, &e);
+	if (strcmp(fmt, "json") == 0)
+		putchar('{');
+	for (int i = 0; i < ENV_NVARS; i++) {
+		if (strcmp(fmt, "json") == 0) {
+			printf("%s", i ? ", " : "");
+			print_json_string(e.names[i]);
+			printf(": ");
+			print_json_string(e.values[i]);
+		} else if (strcmp(fmt, "dotenv") == 0) {
+			printf("%s=", e.names[i]);
+			print_shell_quoted(e.values[i]);
+			putchar('\n');
+		} else {
+			printf("export %s=", e.names[i]);
+			print_shell_quoted(e.values[i]);
+			putchar('\n');
+		}
+	}
+	if (strcmp(fmt, "json") == 0)
+		printf("}\n");
+	OPENSSL_cleanse(&e, sizeof(e));
+	OPENSSL_cleanse(&r, sizeof(r));
+	conf_free(c);
+	return 0;
+}
+
+static int cmd_exec(int argc, char **argv)
+{
+	struct cli_args a;
+	struct route r;
+	struct env_vars e;
+	int rc = cli_parse("exec", argc, argv, &a);
+
+	if (rc)
+		return rc;
+	if (a.nrest == 0)
+		return cli_usage_error("exec", "give the command after --", NULL);
+	struct conf *c = cli_load("exec", a.conf_path);
+	if (!c)
+		return 1;
+	if (!cli_route("exec", c, &a, &r)) {
+		conf_free(c);
+		return 1;
+	}
+	env_build(c, &r, &e);
+	for (int i = 0; i < ENV_NVARS; i++)
+		setenv(e.names[i], e.values[i], 1);
+	conf_free(c);
+	execvp(a.rest[0], a.rest);
+	fprintf(stderr, "pglane exec: cannot run \"%s\": %s\n", a.rest[0], strerror(errno));
+	return errno == ENOENT ? 127 : 126;
+}
+
+int cli_main(int argc, char **argv)
+{
+	const char *cmd = argv[0];
+
+	if (strcmp(cmd, "check") == 0)
+		return cmd_check(argc, argv);
+	if (strcmp(cmd, "env") == 0)
+		return cmd_env(argc, argv);
+	if (strcmp(cmd, "exec") == 0)
+		return cmd_exec(argc, argv);
+	if (strcmp(cmd, "provision") == 0 || strcmp(cmd, "migrate") == 0 || strcmp(cmd, "status") == 0 ||
+	    strcmp(cmd, "test") == 0 || strcmp(cmd, "certs") == 0) {
+		fprintf(stderr, "pglane %s: not implemented in this version yet\n", cmd);
+		return 2;
+	}
+	fprintf(stderr, "pglane: unknown subcommand \"%s\"; run `pglane --help`\n", cmd);
+	return 2;
+}

@@ -1,0 +1,226 @@
+/*
+ * main: the command line, and the proxy's event loop with its signals.
+ *
+ *   pglane [-c FILE]          run the proxy in the foreground (default FILE ./pglane.ini)
+ *   pglane SUBCOMMAND ...     check, env, exec, ... (cli.c)
+ *
+ * SIGHUP reloads the file: a whole new snapshot is built and swapped in only if every part of it
+ * built; sessions keep the snapshot they started with.  SIGTERM stops accepting and waits up to
+ * shutdown_timeout for sessions to end; SIGINT stops at once.
+ */
+#include "proxy/proxy.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/dns.h>
+#include <openssl/rand.h>
+
+#include "auth/scram.h"
+
+#define VERSION "0.1.0"
+
+static void proxy_log_lines(enum log_level l, const char *prefix, const char *text)
+{
+	const char *s = text;
+	while (*s) {
+		const char *nl = strchr(s, '\n');
+		int n = nl ? (int)(nl - s) : (int)strlen(s);
+		if (n > 0)
+			log_msg(l, "%s%.*s", prefix, n, s);
+		s += n + (nl != NULL);
+	}
+}
+
+static void proxy_apply_log_level(const struct conf *c)
+{
+	enum log_level l;
+	if (c->log_level && log_parse_level(c->log_level, &l))
+		log_set_level(l);
+}
+
+static void proxy_reload(struct proxy *px)
+{
+	static char err[16384];
+	struct conf *conf = conf_load(px->conf_path, err, sizeof(err));
+
+	if (!conf) {
+		proxy_log_lines(LOG_ERROR, "reload rejected, old configuration kept: ", err);
+		return;
+	}
+	struct snapshot *s = snapshot_new(conf, err, sizeof(err));
+	if (!s) {
+		log_msg(LOG_ERROR, "reload rejected, old configuration kept: %s", err);
+		conf_free(conf);
+		return;
+	}
+	if (conf_warnings(conf, err, sizeof(err)) > 0)
+		proxy_log_lines(LOG_WARNING, "", err);
+	const struct conf *old = px->snap->conf;
+	bool listen_changed = old->nlisten != conf->nlisten;
+	for (size_t i = 0; !listen_changed && i < conf->nlisten; i++)
+		listen_changed = strcmp(old->listen[i].host, conf->listen[i].host) != 0 ||
+				 strcmp(old->listen[i].port, conf->listen[i].port) != 0;
+	if (listen_changed)
+		log_msg(LOG_WARNING, "reload: a change of listen takes effect at the next restart");
+	snapshot_unref(px->snap);
+	px->snap = s;
+	proxy_apply_log_level(conf);
+	log_msg(LOG_INFO, "reloaded %s: %zu instances, %zu apps", px->conf_path, conf->ninstances, conf->napps);
+}
+
+static void proxy_sighup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	proxy_reload(arg);
+}
+
+static void proxy_drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (px->nclients == 0) {
+		event_base_loopexit(px->base, NULL);
+		return;
+	}
+	if (now.tv_sec >= px->stop_deadline) {
+		log_msg(LOG_WARNING, "shutdown_timeout reached: closing %zu sessions", px->nclients);
+		struct conn *c;
+		while ((c = TAILQ_FIRST(&px->conns)))
+			conn_close(c, "shutdown");
+		px->unclean = true;
+		event_base_loopexit(px->base, NULL);
+	}
+}
+
+static void proxy_sigterm_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct timespec now;
+	struct timeval tick = {0, 100 * 1000};
+
+	if (sig == SIGINT || px->stopping) {
+		log_msg(LOG_INFO, "stopping now (%s)", sig == SIGINT ? "SIGINT" : "second SIGTERM");
+		px->unclean = px->nclients > 0;
+		event_base_loopbreak(px->base);
+		return;
+	}
+	px->stopping = true;
+	listener_close_all(px);
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	px->stop_deadline = now.tv_sec + (px->snap->conf->shutdown_timeout_ms + 999) / 1000;
+	log_msg(LOG_INFO, "SIGTERM: not accepting; waiting up to %d ms for %zu sessions",
+		px->snap->conf->shutdown_timeout_ms, px->nclients);
+	px->drain = event_new(px->base, -1, EV_PERSIST, proxy_drain_cb, px);
+	event_add(px->drain, &tick);
+}
+
+int proxy_run(const char *path)
+{
+	static char err[16384];
+	struct proxy px = {0};
+	int status = 1;
+
+	TAILQ_INIT(&px.conns);
+	TAILQ_INIT(&px.reap);
+	px.conf_path = path;
+	struct conf *conf = conf_load(path, err, sizeof(err));
+	if (!conf) {
+		fputs(err, stderr);
+		fprintf(stderr, "pglane: %s is not valid; not starting\n", path);
+		return 1;
+	}
+	proxy_apply_log_level(conf);
+	if (conf_warnings(conf, err, sizeof(err)) > 0)
+		proxy_log_lines(LOG_WARNING, "", err);
+	if (!(px.snap = snapshot_new(conf, err, sizeof(err)))) {
+		fprintf(stderr, "pglane: %s\n", err);
+		conf_free(conf);
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	px.base = event_base_new();
+	px.dns = evdns_base_new(px.base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+	if (!px.dns && (px.dns = evdns_base_new(px.base, EVDNS_BASE_DISABLE_WHEN_INACTIVE)))
+		evdns_base_load_hosts(px.dns, NULL);
+	px.backend_scram = scram_cache_new();
+	if (!px.base || !px.dns || !px.backend_scram || RAND_bytes(px.mock_key, sizeof(px.mock_key)) != 1) {
+		fprintf(stderr, "pglane: cannot initialise the event loop\n");
+		goto out;
+	}
+	if (!listener_open_all(&px, px.snap->conf, err, sizeof(err))) {
+		fprintf(stderr, "pglane: %s\n", err);
+		goto out;
+	}
+	px.sig_hup = evsignal_new(px.base, SIGHUP, proxy_sighup_cb, &px);
+	px.sig_term = evsignal_new(px.base, SIGTERM, proxy_sigterm_cb, &px);
+	px.sig_int = evsignal_new(px.base, SIGINT, proxy_sigterm_cb, &px);
+	event_add(px.sig_hup, NULL);
+	event_add(px.sig_term, NULL);
+	event_add(px.sig_int, NULL);
+	log_msg(LOG_INFO, "pglane %s started: %zu instances, %zu apps (pid %d)", VERSION, px.snap->conf->ninstances,
+		px.snap->conf->napps, (int)getpid());
+	event_base_dispatch(px.base);
+	status = px.unclean ? 1 : 0;
+	log_msg(LOG_INFO, "stopped%s", px.unclean ? " with sessions still open" : "");
+out:;
+	struct conn *c;
+	while ((c = TAILQ_FIRST(&px.conns)))
+		conn_close(c, "shutdown");
+	conn_reap_now(&px);
+	listener_close_all(&px);
+	if (px.sig_hup)
+		event_free(px.sig_hup), event_free(px.sig_term), event_free(px.sig_int);
+	if (px.drain)
+		event_free(px.drain);
+	if (px.reaper)
+		event_free(px.reaper);
+	proxy_caches_free(&px);
+	scram_cache_free(px.backend_scram);
+	if (px.dns)
+		evdns_base_free(px.dns, 0);
+	if (px.base)
+		event_base_free(px.base);
+	snapshot_unref(px.snap);
+	return status;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: pglane [-c FILE]                 run the proxy (default FILE %s)\n"
+		   "       pglane check -c FILE             validate the configuration\n"
+		   "       pglane env -c FILE APP TIMELINE [--format shell|dotenv|json]\n"
+		   "       pglane exec -c FILE APP TIMELINE -- COMMAND [ARGS...]\n"
+		   "       pglane provision|migrate|status|test|certs ...   (see README.md)\n"
+		   "       pglane --version\n"
+		   "TIMELINE is --production, --preview or --branch NAME.\n",
+		CONF_DEFAULT_PATH);
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = CONF_DEFAULT_PATH;
+
+	if (argc >= 2 && argv[1][0] != '-')
+		return cli_main(argc - 1, argv + 1);
+	for (int i = 1; i < argc; i++) {
+		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
+			path = argv[++i];
+		} else if (strcmp(argv[i], "--version") == 0) {
+			printf("pglane %s\n", VERSION);
+			return 0;
+		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "pglane: unknown argument \"%s\"\n", argv[i]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	return proxy_run(path);
+}

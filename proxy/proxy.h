@@ -1,0 +1,188 @@
+/*
+ * proxy: the event-driven half of pglane, and the only part that includes <event2/...>.
+ *
+ * A connection's path: listener.c accepts -> conn_new() arms the login timeout -> frontend.c reads the
+ * SSLRequest / StartupMessage / CancelRequest and runs the client's SCRAM dialogue against the route
+ * from routing/ -> backend.c connects to the instance, does TLS and logs in -> relay.c forwards both
+ * ways -> conn_close() logs the reason once -> the reaper frees the connection on the next loop turn.
+ */
+#ifndef PGLANE_PROXY_H
+#define PGLANE_PROXY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <event2/bufferevent.h>
+#include <openssl/ssl.h>
+
+#include "conf/conf.h"
+#include "proxy/pgproto.h"
+#include "routing/route.h"
+
+struct evdns_base;
+struct evconnlistener;
+struct scram_server;
+struct scram_client;
+struct scram_cache;
+struct scram_secret;
+
+/*
+ * Everything built from one version of the ini file.  Immutable once published; connections hold a
+ * reference to the snapshot they were routed with, so a reload never pulls a route from under them.
+ */
+struct snapshot {
+	int refs;
+	struct conf *conf;    /* owned */
+	SSL_CTX **inst_ctx;   /* owned: one per conf->instances[i], NULL where sslmode = disable */
+	SSL_CTX *server_ctx;  /* owned: client-facing TLS, NULL when tls_cert is unset */
+};
+
+struct snapshot *snapshot_new(struct conf *conf, char *err, size_t errlen); /* takes conf on success */
+struct snapshot *snapshot_ref(struct snapshot *s);
+void snapshot_unref(struct snapshot *s);
+size_t snapshot_instance_index(const struct snapshot *s, const struct conf_instance *inst);
+
+enum conn_state {
+	CONN_STARTUP, /* waiting for SSLRequest / StartupMessage / CancelRequest */
+	CONN_TLS,     /* the client's TLS handshake */
+	CONN_AUTH,    /* the client's authentication dialogue */
+	CONN_CONNECT, /* backend TCP, TLS and login */
+	CONN_RELAY,   /* forwarding both ways */
+	CONN_CLOSED,  /* on the reap list: every callback returns at once */
+};
+const char *conn_state_str(enum conn_state s);
+
+enum backend_phase {
+	BE_RESOLVING, /* TCP connect in progress (name resolution included) */
+	BE_SSL_ANSWER, /* SSLRequest sent, waiting for 'S' or 'N' */
+	BE_TLS,        /* TLS handshake */
+	BE_LOGIN,      /* StartupMessage sent; authentication and parameter status */
+	BE_READY,      /* ReadyForQuery seen */
+};
+
+struct conn {
+	uint64_t id;
+	enum conn_state state;
+	struct proxy *px;           /* borrowed */
+	struct snapshot *snap;      /* reference held from routing on */
+	struct bufferevent *client; /* owned */
+	struct bufferevent *server; /* owned */
+	struct event *timer;        /* owned: login, then connect timeout */
+	char peer[64];              /* "10.0.0.7:51234" */
+	struct timespec started;
+	const char *close_reason;   /* static string, set once by conn_close() */
+	bool closing;               /* an error is being flushed to the client; then conn_close() */
+
+	/* startup */
+	uint8_t *startup;           /* owned copy of the StartupMessage; su points into it */
+	struct pg_startup su;
+	bool client_tls;
+
+	/* routing and the client's authentication */
+	struct route route;
+	enum route_res route_res;
+	char route_err[256];
+	struct scram_server *scram; /* owned, during CONN_AUTH */
+	bool cleartext;             /* a cleartext password exchange instead of SCRAM */
+	bool sasl_first_done;       /* SASLInitialResponse handled; the next 'p' is the final message */
+
+	/* backend */
+	enum backend_phase be_phase;
+	const struct conf_instance *inst; /* borrowed from snap->conf */
+	SSL *be_ssl;                      /* borrowed: owned by the openssl bufferevent */
+	struct scram_client *bscram;      /* owned, during login */
+	uint32_t be_pid, be_key;          /* the server's BackendKeyData */
+	uint32_t cancel_key;              /* the key pglane handed the client; 0 = none */
+	struct sockaddr_storage be_addr;  /* where the server is, for cancel requests */
+	socklen_t be_addrlen;
+
+	/* relay */
+	uint64_t bytes_in, bytes_out; /* from the client, to the client */
+
+	TAILQ_ENTRY(conn) link;      /* px->conns or px->reap */
+};
+TAILQ_HEAD(conn_list, conn);
+
+/* One event loop with its listeners, connections and caches. */
+struct proxy {
+	struct event_base *base;   /* owned */
+	struct evdns_base *dns;    /* owned */
+	struct evconnlistener **listeners; /* owned */
+	size_t nlisteners;
+	struct snapshot *snap;     /* reference held: the current configuration */
+	const char *conf_path;     /* borrowed from argv */
+	struct conn_list conns;    /* live connections */
+	struct conn_list reap;     /* closed, freed on the next loop turn */
+	struct event *reaper;      /* owned */
+	struct event *sig_hup, *sig_term, *sig_int; /* owned */
+	uint64_t next_id;
+	size_t nclients;
+	void *cancel_map;          /* OPENSSL_LHASH of struct conn by cancel_key */
+	void *secret_cache;        /* OPENSSL_LHASH of derived SCRAM secrets */
+	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
+	uint8_t mock_key[32];      /* salts for unknown users, stable within the process */
+	bool stopping;             /* SIGTERM: no new connections */
+	bool unclean;              /* sessions were cut at the stop: exit status 1 */
+	time_t stop_deadline;      /* CLOCK_MONOTONIC seconds */
+	struct event *drain;       /* owned: checks for the end of the sessions after SIGTERM */
+};
+
+/* log.c */
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERROR };
+void log_set_level(enum log_level l);
+bool log_parse_level(const char *s, enum log_level *out);
+void log_msg(enum log_level l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_conn(enum log_level l, const struct conn *c, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* listener.c */
+bool listener_open_all(struct proxy *px, const struct conf *c, char *err, size_t errlen);
+void listener_close_all(struct proxy *px);
+
+/* conn.c */
+struct conn *conn_new(struct proxy *px, evutil_socket_t fd, const struct sockaddr *sa, int salen);
+/* Marks c closed, logs reason once, releases its sockets; the reaper frees it later. Safe to call twice. */
+void conn_close(struct conn *c, const char *reason);
+/* Queues an ErrorResponse (FATAL) to the client, then closes c once it is flushed. */
+void conn_fail(struct conn *c, const char *sqlstate, const char *reason, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+void conn_fail_hint(struct conn *c, const char *sqlstate, const char *hint, const char *reason, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+/* Closes c once its client output is flushed (bounded by a timer); reading stops at once. */
+void conn_close_after_flush(struct conn *c, const char *reason);
+/* Replaces plain (freed; its socket kept) by a TLS bufferevent on the same socket; NULL on failure
+ * (then the socket is closed and ssl freed). */
+struct bufferevent *conn_upgrade_tls(struct proxy *px, struct bufferevent *plain, SSL *ssl, bool accepting);
+/* Queues b to the client; false (and c closed) if it could not be queued. */
+bool conn_send(struct conn *c, struct pgbuf *b);
+void conn_arm_timer(struct conn *c, int ms);
+void conn_reap_now(struct proxy *px);
+
+/* frontend.c */
+void frontend_start(struct conn *c);
+void frontend_caches_free(struct proxy *px);
+
+/* backend.c */
+void bev_set_nodelay(struct bufferevent *bev);
+void backend_start(struct conn *c);
+void backend_forward_cancel(struct proxy *px, const struct conn *target);
+
+/* relay.c */
+void relay_start(struct conn *c);
+
+/* cancel map and caches (conn.c) */
+void proxy_caches_free(struct proxy *px);
+bool cancel_map_add(struct proxy *px, struct conn *c);
+void cancel_map_remove(struct proxy *px, struct conn *c);
+struct conn *cancel_map_find(struct proxy *px, uint32_t key);
+
+/* main.c: run the proxy on the file at path until stopped; returns the exit status. */
+int proxy_run(const char *path);
+
+/* cli.c: subcommands; argv[0] is the subcommand name. */
+int cli_main(int argc, char **argv);
+
+#endif
