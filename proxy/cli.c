@@ -3,6 +3,7 @@
  * Exit status: 0 done, 1 the file or the work failed (the message says which), 2 a usage error.
  */
 #include "proxy/proxy.h"
+#include "proxy/cli.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -12,27 +13,15 @@
 
 #include <openssl/crypto.h>
 
-struct cli_args {
-	const char *conf_path;
-	const char *app;
-	bool have_timeline;
-	enum timeline_kind kind;
-	const char *branch;
-	const char *format;
-	char **rest; /* after "--" */
-	int nrest;
-};
 
-static int cli_usage_error(const char *cmd, const char *msg, const char *arg)
+int cli_usage_error(const char *cmd, const char *msg, const char *arg)
 {
 	fprintf(stderr, "pglane %s: %s%s%s%s\n", cmd, msg, arg ? " \"" : "", arg ? arg : "", arg ? "\"" : "");
 	fprintf(stderr, "run `pglane --help` for usage\n");
 	return 2;
 }
 
-/* Parses -c FILE, --production/--preview/--branch NAME, --format F, one positional APP and "-- CMD...".
- * Returns 0 or the exit status of a usage error (message printed). */
-static int cli_parse(const char *cmd, int argc, char **argv, struct cli_args *a)
+int cli_parse(const char *cmd, int argc, char **argv, struct cli_args *a)
 {
 	memset(a, 0, sizeof(*a));
 	a->conf_path = CONF_DEFAULT_PATH;
@@ -62,14 +51,24 @@ static int cli_parse(const char *cmd, int argc, char **argv, struct cli_args *a)
 				a->kind = TIMELINE_BRANCH;
 				a->branch = argv[++i];
 			}
-		} else if (strcmp(s, "--format") == 0) {
+		} else if (strcmp(s, "--format") == 0 || strcmp(s, "--out") == 0 || strcmp(s, "--url") == 0 ||
+			   strcmp(s, "--cert") == 0) {
 			if (!has_value)
-				return cli_usage_error(cmd, "missing format after", s);
-			a->format = argv[++i];
+				return cli_usage_error(cmd, "missing value after", s);
+			const char **dst = s[2] == 'f' ? &a->format : s[2] == 'o' ? &a->out_dir : s[2] == 'u' ? &a->url : &a->cert_dir;
+			*dst = argv[++i];
+		} else if (strcmp(s, "--json") == 0) {
+			a->json = true;
+		} else if (strcmp(s, "--all") == 0) {
+			a->all = true;
+		} else if (strcmp(s, "--retry") == 0) {
+			a->retry = true;
 		} else if (s[0] == '-') {
 			return cli_usage_error(cmd, "unknown option", s);
 		} else if (!a->app) {
 			a->app = s;
+		} else if (!a->arg2) {
+			a->arg2 = s;
 		} else {
 			return cli_usage_error(cmd, "unexpected argument", s);
 		}
@@ -77,7 +76,7 @@ static int cli_parse(const char *cmd, int argc, char **argv, struct cli_args *a)
 	return 0;
 }
 
-static struct conf *cli_load(const char *cmd, const char *path)
+struct conf *cli_load(const char *cmd, const char *path)
 {
 	static char err[16384];
 	struct conf *c = conf_load(path, err, sizeof(err));
@@ -89,8 +88,7 @@ static struct conf *cli_load(const char *cmd, const char *path)
 	return c;
 }
 
-/* The route of the app and timeline the arguments name; prints why not and returns false. */
-static bool cli_route(const char *cmd, const struct conf *c, const struct cli_args *a, struct route *r)
+bool cli_route(const char *cmd, const struct conf *c, const struct cli_args *a, struct route *r)
 {
 	char err[256];
 	struct timeline tl;
@@ -138,13 +136,6 @@ static int cmd_check(int argc, char **argv)
 
 /* ---------------------------------------------------------------- env and exec */
 
-#define ENV_NVARS 7
-
-struct env_vars {
-	const char *names[ENV_NVARS];
-	char values[ENV_NVARS][2048];
-};
-
 static void url_encode(const char *s, char *out, size_t outlen)
 {
 	static const char hex[] = "0123456789ABCDEF";
@@ -164,7 +155,7 @@ static void url_encode(const char *s, char *out, size_t outlen)
 	out[o] = '\0';
 }
 
-static void env_build(const struct conf *c, const struct route *r, struct env_vars *e)
+void cli_env_build(const struct conf *c, const struct route *r, struct env_vars *e)
 {
 	static const char *const names[ENV_NVARS] = {"PGHOST",     "PGPORT",    "PGDATABASE",  "PGUSER",
 						     "PGPASSWORD", "PGSSLMODE", "DATABASE_URL"};
@@ -235,7 +226,7 @@ static int cmd_env(int argc, char **argv)
 		conf_free(c);
 		return 1;
 	}
-	env_build(c, &r, &e);
+	cli_env_build(c, &r, &e);
 	if (strcmp(fmt, "json") == 0)
 		putchar('{');
 	for (int i = 0; i < ENV_NVARS; i++) {
@@ -280,7 +271,7 @@ static int cmd_exec(int argc, char **argv)
 		conf_free(c);
 		return 1;
 	}
-	env_build(c, &r, &e);
+	cli_env_build(c, &r, &e);
 	for (int i = 0; i < ENV_NVARS; i++)
 		setenv(e.names[i], e.values[i], 1);
 	conf_free(c);
@@ -299,11 +290,16 @@ int cli_main(int argc, char **argv)
 		return cmd_env(argc, argv);
 	if (strcmp(cmd, "exec") == 0)
 		return cmd_exec(argc, argv);
-	if (strcmp(cmd, "provision") == 0 || strcmp(cmd, "migrate") == 0 || strcmp(cmd, "status") == 0 ||
-	    strcmp(cmd, "test") == 0 || strcmp(cmd, "certs") == 0) {
-		fprintf(stderr, "pglane %s: not implemented in this version yet\n", cmd);
-		return 2;
-	}
+	if (strcmp(cmd, "provision") == 0)
+		return cmd_provision(argc, argv);
+	if (strcmp(cmd, "status") == 0)
+		return cmd_status(argc, argv);
+	if (strcmp(cmd, "test") == 0)
+		return cmd_test(argc, argv);
+	if (strcmp(cmd, "migrate") == 0)
+		return cmd_migrate(argc, argv);
+	if (strcmp(cmd, "certs") == 0)
+		return cmd_certs(argc, argv);
 	fprintf(stderr, "pglane: unknown subcommand \"%s\"; run `pglane --help`\n", cmd);
 	return 2;
 }
