@@ -240,12 +240,16 @@ static void be_on_login_error(struct conn *c, const struct pg_msg *m)
 		code = "08001";
 	if (!msg)
 		msg = "(no message)";
-	log_conn(LOG_WARNING, c, "instance %s refused the login: %s: %s", c->inst->name, code, msg);
+	if (strcmp(code, "3D000") != 0 || c->route.app->provision != PROVISION_AUTO)
+		log_conn(LOG_WARNING, c, "instance %s refused the login: %s: %s", c->inst->name, code, msg);
 	if (strncmp(code, "28", 2) == 0) {
 		conn_fail(c, "08001", "instance refused credentials",
 			  "instance \"%s\" refused pglane's credentials; the operator must check the instance's user "
 			  "and password",
 			  c->inst->name);
+	} else if (strcmp(code, "3D000") == 0 && c->route.app->provision == PROVISION_AUTO && !c->provisioned) {
+		c->provisioned = true; /* once: a database dropped again at once is an error, not a loop */
+		autoprov_start(c);
 	} else if (strcmp(code, "3D000") == 0) {
 		conn_fail_hint(c, "3D000", "create it with `pglane provision`", "database missing",
 			       "database \"%s\" does not exist on instance \"%s\"", c->route.dbname, c->inst->name);

@@ -50,6 +50,11 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 		conn_close(c, "client did not read its error");
 		return;
 	}
+	if (c->state == CONN_CONNECT && c->be_phase == BE_PROVISION) {
+		conn_fail(c, "57014", "provisioning timeout", "timed out waiting for database \"%s\" to be created",
+			  c->route.dbname);
+		return;
+	}
 	if (c->state == CONN_CONNECT) {
 		const struct conf_instance *in = c->inst;
 		conn_fail(c, "08001", "connect timeout",
@@ -158,6 +163,7 @@ void conn_close(struct conn *c, const char *reason)
 	c->close_reason = reason;
 	c->state = CONN_CLOSED;
 	cancel_map_remove(c->px, c);
+	autoprov_forget(c);
 	if (c->client)
 		bufferevent_disable(c->client, EV_READ | EV_WRITE);
 	if (c->server)

@@ -127,6 +127,7 @@ int proxy_run(const char *path)
 
 	TAILQ_INIT(&px.conns);
 	TAILQ_INIT(&px.reap);
+	TAILQ_INIT(&px.autoprovs);
 	px.conf_path = path;
 	struct conf *conf = conf_load(path, err, sizeof(err));
 	if (!conf) {

@@ -62,6 +62,7 @@ enum backend_phase {
 	BE_TLS,        /* TLS handshake */
 	BE_LOGIN,      /* StartupMessage sent; authentication and parameter status */
 	BE_READY,      /* ReadyForQuery seen */
+	BE_PROVISION,  /* waiting for autoprov to create the database */
 };
 
 struct conn {
@@ -96,6 +97,7 @@ struct conn {
 	SSL *be_ssl;                      /* borrowed: owned by the openssl bufferevent */
 	struct scram_client *bscram;      /* owned, during login */
 	uint32_t be_pid, be_key;          /* the server's BackendKeyData */
+	bool provisioned;                 /* autoprov ran once for this connection */
 	uint32_t cancel_key;              /* the key pglane handed the client; 0 = none */
 	struct sockaddr_storage be_addr;  /* where the server is, for cancel requests */
 	socklen_t be_addrlen;
@@ -103,9 +105,12 @@ struct conn {
 	/* relay */
 	uint64_t bytes_in, bytes_out; /* from the client, to the client */
 
+	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
+
 	TAILQ_ENTRY(conn) link;      /* px->conns or px->reap */
 };
 TAILQ_HEAD(conn_list, conn);
+TAILQ_HEAD(autoprov_list, autoprov);
 
 /* One event loop with its listeners, connections and caches. */
 struct proxy {
@@ -117,6 +122,7 @@ struct proxy {
 	const char *conf_path;     /* borrowed from argv */
 	struct conn_list conns;    /* live connections */
 	struct conn_list reap;     /* closed, freed on the next loop turn */
+	struct autoprov_list autoprovs; /* databases being created (autoprov.c) */
 	struct event *reaper;      /* owned */
 	struct event *sig_hup, *sig_term, *sig_int; /* owned */
 	uint64_t next_id;
@@ -169,6 +175,12 @@ void frontend_caches_free(struct proxy *px);
 void bev_set_nodelay(struct bufferevent *bev);
 void backend_start(struct conn *c);
 void backend_forward_cancel(struct proxy *px, const struct conn *target);
+
+/* autoprov.c: create the route's missing database, then retry backend_start() (or fail c). */
+void autoprov_start(struct conn *c);
+/* A closing connection stops waiting. */
+void autoprov_forget(struct conn *c);
+bool autoprov_creating(struct proxy *px, const struct conf_instance *inst, const char *dbname);
 
 /* relay.c */
 void relay_start(struct conn *c);

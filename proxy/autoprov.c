@@ -1,0 +1,347 @@
+/*
+ * autoprov: creating a timeline's database on its first connection (provision = auto), without
+ * blocking the loop.  libpq runs asynchronously (PQconnectStartParams / PQconnectPoll, PQsendQueryParams
+ * / PQconsumeInput) driven by events on PQsocket().
+ *
+ * One job per (instance, database): every connection that finds the database missing while a job is
+ * running waits on that job, so twenty simultaneous first connections create it once.  Across pglane
+ * processes and `pglane provision`, an advisory lock on the instance's maintenance database and
+ * "duplicate_database counts as success" keep them from colliding.
+ */
+#include "proxy/proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+
+/* ---- to move into routing/provision.c once it lands (shared with `pglane provision`) ---- */
+#define PROVISION_LOCK_PREFIX "pglane-provision:"
+
+static PGconn *provision_connect_start(const struct conf_instance *in, int timeout_ms)
+{
+	char port[16], timeout[16];
+	const char *k[12], *v[12];
+	int n = 0;
+
+	snprintf(port, sizeof(port), "%d", in->port);
+	snprintf(timeout, sizeof(timeout), "%d", (timeout_ms + 999) / 1000);
+	k[n] = "host", v[n++] = in->host;
+	k[n] = "port", v[n++] = port;
+	k[n] = "user", v[n++] = in->user;
+	k[n] = "dbname", v[n++] = in->dbname;
+	k[n] = "sslmode", v[n++] = sslmode_str(in->sslmode);
+	k[n] = "connect_timeout", v[n++] = timeout;
+	k[n] = "application_name", v[n++] = "pglane";
+	if (in->password)
+		k[n] = "password", v[n++] = in->password;
+	if (in->ca_file)
+		k[n] = "sslrootcert", v[n++] = in->ca_file;
+	else if (in->ca == CA_SOURCE_SYSTEM)
+		k[n] = "sslrootcert", v[n++] = "/etc/ssl/certs/ca-certificates.crt";
+	if (in->client_cert)
+		k[n] = "sslcert", v[n++] = in->client_cert;
+	if (in->client_key)
+		k[n] = "sslkey", v[n++] = in->client_key;
+	k[n] = NULL, v[n] = NULL;
+	return PQconnectStartParams(k, v, 0);
+}
+
+static bool provision_create_sql(PGconn *pg, const char *db, const char *owner, const char *tmpl, char *out,
+				 size_t outlen)
+{
+	char *qdb = PQescapeIdentifier(pg, db, strlen(db));
+	char *qowner = owner ? PQescapeIdentifier(pg, owner, strlen(owner)) : NULL;
+	char *qtmpl = tmpl ? PQescapeIdentifier(pg, tmpl, strlen(tmpl)) : NULL;
+	bool ok = qdb && (!owner || qowner) && (!tmpl || qtmpl);
+
+	if (ok)
+		snprintf(out, outlen, "CREATE DATABASE %s%s%s%s%s", qdb, qowner ? " OWNER " : "", qowner ? qowner : "",
+			 qtmpl ? " TEMPLATE " : "", qtmpl ? qtmpl : "");
+	PQfreemem(qdb);
+	PQfreemem(qowner);
+	PQfreemem(qtmpl);
+	return ok;
+}
+
+static void provision_describe_error(const struct conf_instance *in, const char *code, const char *msg, char *out,
+				     size_t outlen)
+{
+	if (code && strcmp(code, "42501") == 0)
+		snprintf(out, outlen, "the instance user \"%s\" lacks CREATEDB (ALTER ROLE %s CREATEDB)", in->user, in->user);
+	else if (code && strcmp(code, "53100") == 0)
+		snprintf(out, outlen, "the disk of instance \"%s\" is full", in->name);
+	else
+		snprintf(out, outlen, "%s", msg);
+	/* libpq's messages end in a newline */
+	size_t n = strlen(out);
+	while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' '))
+		out[--n] = '\0';
+}
+/* ---- */
+
+#define AUTOPROV_TIMEOUT_MS 30000 /* beyond connect_timeout: CREATE DATABASE copies a template */
+
+enum autoprov_step { AP_CONNECTING, AP_LOCK, AP_EXISTS, AP_CREATE };
+
+struct autoprov {
+	struct proxy *px;                 /* borrowed */
+	struct snapshot *snap;            /* reference held */
+	const struct conf_instance *inst; /* borrowed from snap */
+	const struct conf_app *app;       /* borrowed from snap */
+	char dbname[PG_NAMEDATALEN];
+	PGconn *pg;                       /* owned */
+	struct event *ev;                 /* owned: the socket, or the timeout */
+	enum autoprov_step step;
+	struct conn **waiters;            /* borrowed; a closing conn removes itself */
+	size_t nwaiters, capwaiters;
+	TAILQ_ENTRY(autoprov) link;
+};
+
+static void autoprov_io_cb(evutil_socket_t fd, short what, void *arg);
+
+static void autoprov_free(struct autoprov *j)
+{
+	TAILQ_REMOVE(&j->px->autoprovs, j, link);
+	for (size_t i = 0; i < j->nwaiters; i++)
+		j->waiters[i]->autoprov = NULL;
+	if (j->ev)
+		event_free(j->ev);
+	PQfinish(j->pg);
+	snapshot_unref(j->snap);
+	free(j->waiters);
+	free(j);
+}
+
+/* Ends the job: every waiter retries its login (ok) or gets the error. */
+static void autoprov_finish(struct autoprov *j, bool ok, const char *sqlstate, const char *why)
+{
+	struct conn **w = j->waiters;
+	size_t n = j->nwaiters;
+
+	if (ok)
+		log_msg(LOG_INFO, "created database \"%s\" on instance %s for app %s", j->dbname, j->inst->name,
+			j->app->id);
+	else
+		log_msg(LOG_WARNING, "cannot create database \"%s\" on instance %s: %s", j->dbname, j->inst->name, why);
+	j->waiters = NULL;
+	j->nwaiters = 0;
+	for (size_t i = 0; i < n; i++)
+		w[i]->autoprov = NULL;
+	autoprov_free(j);
+	for (size_t i = 0; i < n; i++) {
+		if (w[i]->state == CONN_CLOSED)
+			continue;
+		if (ok)
+			backend_start(w[i]);
+		else
+			conn_fail(w[i], sqlstate, "provisioning failed", "cannot create database \"%s\": %s",
+				  w[i]->route.dbname, why);
+	}
+	free(w);
+}
+
+static void autoprov_wait(struct autoprov *j, short what)
+{
+	int ms = j->snap->conf->connect_timeout_ms + AUTOPROV_TIMEOUT_MS;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+	if (j->ev)
+		event_free(j->ev);
+	j->ev = event_new(j->px->base, PQsocket(j->pg), what, autoprov_io_cb, j);
+	event_add(j->ev, &tv);
+}
+
+static void autoprov_send(struct autoprov *j, enum autoprov_step step)
+{
+	char sql[512];
+	const char *params[1] = {j->dbname};
+
+	j->step = step;
+	switch (step) {
+	case AP_LOCK:
+		snprintf(sql, sizeof(sql), "SELECT pg_advisory_lock(hashtext('%s' || $1))", PROVISION_LOCK_PREFIX);
+		break;
+	case AP_EXISTS:
+		snprintf(sql, sizeof(sql), "SELECT 1 FROM pg_database WHERE datname = $1");
+		break;
+	case AP_CREATE:
+		if (!provision_create_sql(j->pg, j->dbname, j->app->owner, j->app->template_db, sql, sizeof(sql))) {
+			autoprov_finish(j, false, "42602", "the database name cannot be quoted");
+			return;
+		}
+		if (!PQsendQuery(j->pg, sql))
+			goto fail;
+		autoprov_wait(j, EV_READ);
+		return;
+	case AP_CONNECTING:
+		return;
+	}
+	if (!PQsendQueryParams(j->pg, sql, 1, NULL, params, NULL, NULL, 0))
+		goto fail;
+	autoprov_wait(j, EV_READ);
+	return;
+fail:
+	autoprov_finish(j, false, "08006", PQerrorMessage(j->pg));
+}
+
+/* A whole result is in: decide the next step. */
+static void autoprov_on_result(struct autoprov *j, PGresult *res)
+{
+	ExecStatusType st = PQresultStatus(res);
+	const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	char why[512];
+
+	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+		if (j->step == AP_CREATE && code && strcmp(code, "42P04") == 0) { /* duplicate_database */
+			autoprov_finish(j, true, NULL, NULL);
+			return;
+		}
+		provision_describe_error(j->inst, code, PQresultErrorMessage(res), why, sizeof(why));
+		autoprov_finish(j, false, code ? code : "58000", why);
+		return;
+	}
+	switch (j->step) {
+	case AP_LOCK:
+		autoprov_send(j, AP_EXISTS);
+		return;
+	case AP_EXISTS:
+		if (PQntuples(res) > 0)
+			autoprov_finish(j, true, NULL, NULL);
+		else
+			autoprov_send(j, AP_CREATE);
+		return;
+	default:
+		autoprov_finish(j, true, NULL, NULL);
+		return;
+	}
+}
+
+static void autoprov_io_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct autoprov *j = arg;
+
+	if (what & EV_TIMEOUT) {
+		autoprov_finish(j, false, "57014", "timeout while creating it");
+		return;
+	}
+	if (j->step == AP_CONNECTING) {
+		switch (PQconnectPoll(j->pg)) {
+		case PGRES_POLLING_READING:
+			autoprov_wait(j, EV_READ);
+			return;
+		case PGRES_POLLING_WRITING:
+			autoprov_wait(j, EV_WRITE);
+			return;
+		case PGRES_POLLING_OK:
+			autoprov_send(j, AP_LOCK);
+			return;
+		default: {
+			char why[512];
+			provision_describe_error(j->inst, NULL, PQerrorMessage(j->pg), why, sizeof(why));
+			autoprov_finish(j, false, "08001", why);
+			return;
+		}
+		}
+	}
+	if (!PQconsumeInput(j->pg)) {
+		autoprov_finish(j, false, "08006", PQerrorMessage(j->pg));
+		return;
+	}
+	while (!PQisBusy(j->pg)) {
+		PGresult *res = PQgetResult(j->pg), *extra;
+		if (!res)
+			return;
+		while ((extra = PQgetResult(j->pg)))
+			PQclear(extra);
+		autoprov_on_result(j, res);
+		PQclear(res);
+		return; /* the job moved on (new query sent) or is freed */
+	}
+	autoprov_wait(j, EV_READ);
+}
+
+static bool autoprov_add_waiter(struct autoprov *j, struct conn *c)
+{
+	if (j->nwaiters == j->capwaiters) {
+		size_t cap = j->capwaiters ? j->capwaiters * 2 : 4;
+		struct conn **w = realloc(j->waiters, cap * sizeof(*w));
+		if (!w)
+			return false;
+		j->waiters = w;
+		j->capwaiters = cap;
+	}
+	j->waiters[j->nwaiters++] = c;
+	c->autoprov = j;
+	return true;
+}
+
+void autoprov_forget(struct conn *c)
+{
+	struct autoprov *j = c->autoprov;
+
+	if (!j)
+		return;
+	for (size_t i = 0; i < j->nwaiters; i++) {
+		if (j->waiters[i] == c) {
+			j->waiters[i] = j->waiters[--j->nwaiters];
+			break;
+		}
+	}
+	c->autoprov = NULL;
+}
+
+void autoprov_start(struct conn *c)
+{
+	struct proxy *px = c->px;
+	struct autoprov *j;
+
+	if (c->server) {
+		bufferevent_free(c->server);
+		c->server = NULL;
+	}
+	c->be_ssl = NULL;
+	c->be_phase = BE_PROVISION;
+	conn_arm_timer(c, c->snap->conf->connect_timeout_ms + AUTOPROV_TIMEOUT_MS);
+	TAILQ_FOREACH(j, &px->autoprovs, link)
+	{
+		if (j->inst == c->inst && strcmp(j->dbname, c->route.dbname) == 0) {
+			if (!autoprov_add_waiter(j, c))
+				conn_fail(c, "53200", "out of memory", "out of memory");
+			return;
+		}
+	}
+	if (!(j = calloc(1, sizeof(*j)))) {
+		conn_fail(c, "53200", "out of memory", "out of memory");
+		return;
+	}
+	j->px = px;
+	j->snap = snapshot_ref(c->snap);
+	j->inst = c->inst;
+	j->app = c->route.app;
+	snprintf(j->dbname, sizeof(j->dbname), "%s", c->route.dbname);
+	TAILQ_INSERT_TAIL(&px->autoprovs, j, link);
+	log_conn(LOG_INFO, c, "database \"%s\" does not exist on instance %s: creating it", j->dbname, j->inst->name);
+	if (!autoprov_add_waiter(j, c)) {
+		autoprov_finish(j, false, "53200", "out of memory");
+		return;
+	}
+	j->pg = provision_connect_start(j->inst, j->snap->conf->connect_timeout_ms);
+	if (!j->pg || PQstatus(j->pg) == CONNECTION_BAD) {
+		autoprov_finish(j, false, "08001", j->pg ? PQerrorMessage(j->pg) : "out of memory");
+		return;
+	}
+	j->step = AP_CONNECTING;
+	autoprov_wait(j, EV_WRITE);
+}
+
+bool autoprov_creating(struct proxy *px, const struct conf_instance *inst, const char *dbname)
+{
+	struct autoprov *j;
+	TAILQ_FOREACH(j, &px->autoprovs, link)
+	if (strcmp(j->inst->name, inst->name) == 0 && strcmp(j->dbname, dbname) == 0)
+		return true;
+	return false;
+}
