@@ -79,3 +79,6 @@ format:
 
 clean:
 	rm -rf build build-asan pglane
+
+# make fuzz: libFuzzer harnesses (clang), each run for FUZZ_SECONDS; see tests/fuzz/.
+-include tests/fuzz/fuzz.mk
