@@ -24,10 +24,13 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(wildcard tests/integration/*.c)
 TOOL_BIN := $(TOOL_SRC:tests/integration/%.c=$(BUILD)/tools/%)
 
-.PHONY: all deps test unit integration run bench clean format test-asan check-tools
+.PHONY: all deps test unit unit-bins integration run bench clean format test-asan
 all: pglane
 
 pglane: $(BUILD)/proxy/main.o $(BUILD)/libpglane.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+build-asan/pglane: $(BUILD)/proxy/main.o $(BUILD)/libpglane.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/libpglane.a: $(LIB_OBJ)
@@ -64,14 +67,18 @@ unit: pglane unit-bins
 integration: pglane unit-bins
 	tests/run-all.sh $(BUILD) integration
 
+# The sanitizer build lives in build-asan/ with its own binary, build-asan/pglane; ./pglane is untouched.
 test-asan: deps
-	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all" pglane unit-bins
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 tests/run-all.sh build-asan
+	$(MAKE) BUILD=build-asan PGLANE_BIN=build-asan/pglane OPT="-O1 -g -fno-omit-frame-pointer" SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all" build-asan/pglane unit-bins
+	PGLANE_BIN=build-asan/pglane ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 tests/run-all.sh build-asan
 
-run: deps pglane
+# deps first, then a fresh make: pkg-config flags are read when make starts, before deps installed them.
+run: deps
+	$(MAKE) pglane
 	scripts/run-demo.sh
 
-bench: deps pglane
+bench: deps
+	$(MAKE) pglane
 	bench/run.sh
 
 format:

@@ -122,6 +122,10 @@ static void autoprov_finish(struct autoprov *j, bool ok, const char *sqlstate, c
 	size_t n = j->nwaiters;
 
 	if (ok)
+		j->px->stats.provisions_ok++;
+	else
+		j->px->stats.provisions_failed++;
+	if (ok)
 		log_msg(LOG_INFO, "created database \"%s\" on instance %s for app %s", j->dbname, j->inst->name,
 			j->app->id);
 	else

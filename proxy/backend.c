@@ -69,6 +69,8 @@ void backend_start(struct conn *c)
 
 	c->state = CONN_CONNECT;
 	c->inst = in;
+	if (!c->provisioned)
+		clock_gettime(CLOCK_MONOTONIC, &c->be_started);
 	c->be_phase = BE_RESOLVING;
 	bufferevent_disable(c->client, EV_READ);
 	conn_arm_timer(c, c->snap->conf->connect_timeout_ms);
@@ -307,6 +309,8 @@ static void be_on_login(struct conn *c, struct evbuffer *in)
 			bufferevent_write(c->client, p, total);
 			evbuffer_drain(in, total);
 			c->be_phase = BE_READY;
+			c->px->stats.routed++;
+			stats_observe_connect(c->px, &c->be_started);
 			log_conn(LOG_INFO, c, "routed to %s database \"%s\" (server pid %u)", c->inst->name,
 				 c->route.dbname, c->be_pid);
 			relay_start(c);

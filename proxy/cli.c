@@ -180,6 +180,8 @@ void cli_env_build(const struct conf *c, const struct route *r, struct env_vars 
 		 v6 ? "[" : "", c->public_host, v6 ? "]" : "", c->public_port, edb, sslmode);
 }
 
+#define DOTENV_SAFE "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:/@%?=&+,~"
+
 static void print_shell_quoted(const char *s)
 {
 	putchar('\'');
@@ -236,8 +238,12 @@ static int cmd_env(int argc, char **argv)
 			printf(": ");
 			print_json_string(e.values[i]);
 		} else if (strcmp(fmt, "dotenv") == 0) {
+			/* Bare when nothing in it needs quoting (every value pglane makes, but for odd branches). */
 			printf("%s=", e.names[i]);
-			print_shell_quoted(e.values[i]);
+			if (strspn(e.values[i], DOTENV_SAFE) == strlen(e.values[i]))
+				fputs(e.values[i], stdout);
+			else
+				print_shell_quoted(e.values[i]);
 			putchar('\n');
 		} else {
 			printf("export %s=", e.names[i]);

@@ -34,6 +34,8 @@ const char *conn_state_str(enum conn_state s)
 		return "connect";
 	case CONN_RELAY:
 		return "active";
+	case CONN_ADMIN:
+		return "admin";
 	case CONN_CLOSED:
 		return "closed";
 	}
@@ -62,6 +64,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 			  c->snap->conf->connect_timeout_ms);
 		return;
 	}
+	c->px->stats.login_timeouts++;
 	conn_fail(c, "08P01", "login timeout", "login timeout: no complete login within %d ms",
 		  c->snap->conf->login_timeout_ms);
 }
@@ -115,6 +118,7 @@ struct conn *conn_new(struct proxy *px, evutil_socket_t fd, const struct sockadd
 	}
 	TAILQ_INSERT_TAIL(&px->conns, c, link);
 	px->nclients++;
+	px->stats.accepted++;
 	conn_arm_timer(c, px->snap->conf->login_timeout_ms);
 	return c;
 }
@@ -170,7 +174,12 @@ void conn_close(struct conn *c, const char *reason)
 		bufferevent_disable(c->server, EV_READ | EV_WRITE);
 	evtimer_del(c->timer);
 	c->px->nclients--;
-	TAILQ_REMOVE(&c->px->conns, c, link);
+	c->px->stats.bytes_in += c->bytes_in;
+	c->px->stats.bytes_out += c->bytes_out;
+	if (c->parked)
+		TAILQ_REMOVE(&c->px->paused, c, link);
+	else
+		TAILQ_REMOVE(&c->px->conns, c, link);
 	TAILQ_INSERT_TAIL(&c->px->reap, c, link);
 	if (!c->px->reaper)
 		c->px->reaper = event_new(c->px->base, -1, 0, conn_reaper_cb, c->px);
@@ -214,6 +223,10 @@ static void conn_vfail(struct conn *c, const char *sqlstate, const char *hint, c
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	log_conn(sqlstate[0] == '2' || sqlstate[0] == '4' ? LOG_INFO : LOG_WARNING, c, "refused (%s): %s", sqlstate,
 		 msg);
+	if (strcmp(sqlstate, "08P01") == 0)
+		c->px->stats.protocol_errors++;
+	else if (c->state == CONN_CONNECT)
+		c->px->stats.backend_errors++;
 	pg_put_error(&b, "FATAL", sqlstate, msg, NULL, hint);
 	if (c->server) {
 		bufferevent_free(c->server);

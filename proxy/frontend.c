@@ -32,6 +32,7 @@ static void fe_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_CONNECTED) { /* the client's TLS handshake is done */
 		c->state = CONN_STARTUP;
 		c->client_tls = true;
+		c->px->stats.tls_handshakes++;
 		log_conn(LOG_DEBUG, c, "TLS %s", SSL_get_version(bufferevent_openssl_get_ssl(bev)));
 		fe_read_cb(bev, c);
 		return;
@@ -150,7 +151,7 @@ static void fe_start_auth(struct conn *c)
 	}
 	if (c->route_res == ROUTE_UNKNOWN_APP)
 		fe_mock_secret(c->px, user, &sec);
-	else if (!fe_secret_for(c->px, c->route.token, &sec)) {
+	else if (!fe_secret_for(c->px, c->admin ? conf->admin_password : c->route.token, &sec)) {
 		conn_fail(c, "53200", "out of memory", "out of memory");
 		return;
 	}
@@ -203,8 +204,17 @@ static void fe_on_startup_message(struct conn *c)
 		conn_fail(c, "0A000", "replication refused", "pglane does not proxy replication connections");
 		return;
 	}
+	if (db && strcmp(db, ADMIN_DBNAME) == 0 && conf->admin_user && strcmp(user, conf->admin_user) == 0 &&
+	    conf->admin_password) {
+		c->admin = true;
+		c->route_res = ROUTE_OK;
+		log_conn(LOG_DEBUG, c, "admin login as \"%s\"", user);
+		fe_start_auth(c);
+		return;
+	}
 	c->route_res = route_resolve(conf, user, db, &c->route, c->route_err, sizeof(c->route_err));
 	if (c->route_res == ROUTE_BAD_USER) {
+		c->px->stats.auth_fail_user++;
 		conn_fail_hint(c, "28000",
 			       "pglane user names are {app}-production, {app}-preview or {app}--{branch}; "
 			       "`pglane env` prints them",
@@ -219,9 +229,11 @@ static void fe_on_cancel(struct conn *c)
 {
 	struct conn *t = cancel_map_find(c->px, c->su.cancel_key);
 
+	c->px->stats.cancel_requests++;
 	/* As PostgreSQL: an unknown key is dropped without a word, so keys cannot be probed. */
 	if (t && t->be_pid == c->su.cancel_pid && t->state == CONN_RELAY) {
 		log_conn(LOG_INFO, t, "cancel request from %s", c->peer);
+		c->px->stats.cancels_forwarded++;
 		backend_forward_cancel(c->px, t);
 	} else {
 		log_conn(LOG_DEBUG, c, "cancel request with an unknown key ignored");
@@ -327,6 +339,7 @@ static void fe_auth_failed(struct conn *c, const char *why)
 {
 	const char *user = pg_startup_get(&c->su, "user");
 
+	c->px->stats.auth_fail_password++;
 	log_conn(LOG_INFO, c, "authentication failed for \"%s\": %s", user, why);
 	conn_fail(c, "28P01", "authentication failed", "password authentication failed for user \"%s\"", user);
 }
@@ -342,11 +355,18 @@ static void fe_auth_done(struct conn *c)
 		return;
 	}
 	if (c->route_res == ROUTE_DB_NOT_ALLOWED) {
+		c->px->stats.auth_fail_database++;
 		conn_fail(c, "42501", "database not allowed", "%s", c->route_err);
 		return;
 	}
 	pg_put_auth(&b, PG_AUTH_OK, NULL, 0);
-	if (conn_send(c, &b))
+	if (!conn_send(c, &b))
+		return;
+	if (c->admin)
+		admin_start(c);
+	else if (admin_is_paused(c->px, c->route.id.app))
+		admin_park(c);
+	else
 		backend_start(c);
 }
 
@@ -365,7 +385,8 @@ static void fe_on_auth_msg(struct conn *c, const struct pg_msg *m)
 			conn_fail(c, "08P01", "protocol violation", "malformed password message");
 			return;
 		}
-		if (c->route_res == ROUTE_UNKNOWN_APP || !auth_token_equal((const char *)m->body, c->route.token)) {
+		const char *want = c->admin ? c->snap->conf->admin_password : c->route.token;
+		if (c->route_res == ROUTE_UNKNOWN_APP || !auth_token_equal((const char *)m->body, want)) {
 			fe_auth_failed(c, c->route_res == ROUTE_UNKNOWN_APP ? c->route_err : "wrong password");
 			return;
 		}

@@ -29,9 +29,11 @@ static void listener_accept_cb(struct evconnlistener *l, evutil_socket_t fd, str
 		return;
 	}
 	frontend_start(c);
-	if (px->nclients > (size_t)px->snap->conf->max_clients)
+	if (px->nclients > (size_t)px->snap->conf->max_clients) {
+		px->stats.refused_too_many++;
 		conn_fail(c, "53300", "too many clients", "sorry, too many clients already (max_clients = %d)",
 			  px->snap->conf->max_clients);
+	}
 }
 
 static void listener_error_cb(struct evconnlistener *l, void *arg)

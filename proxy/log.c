@@ -1,6 +1,8 @@
 /*
- * log: one line per event to stderr, "2026-11-29T05:10:00.123Z info C-42 demo/production 127.0.0.1:5000 ...".
- * Lines carry the connection; they never carry a password, a token or a SCRAM message.
+ * log: one line per event, as text ("2026-11-29T05:10:00.123Z info C-42 demo/production 127.0.0.1:5000 ...")
+ * or as JSON ({"ts":...,"level":...,"conn":42,"app":"demo","timeline":"production","peer":...,"msg":...}),
+ * to stderr or to log_file (reopened on SIGHUP, for logrotate).  Lines carry the connection; they never
+ * carry a password, a token or a SCRAM message.
  */
 #include "proxy/proxy.h"
 
@@ -10,6 +12,8 @@
 #include <sys/time.h>
 
 static enum log_level log_min = LOG_INFO;
+static bool log_json;
+static FILE *log_out; /* NULL: stderr */
 static const char *const log_names[] = {"debug", "info", "warning", "error"};
 
 void log_set_level(enum log_level l)
@@ -28,17 +32,81 @@ bool log_parse_level(const char *s, enum log_level *out)
 	return false;
 }
 
-static void log_vline(enum log_level l, const char *prefix, const char *fmt, va_list ap)
+bool log_reopen(const struct conf *c)
+{
+	log_json = c->log_format && strcmp(c->log_format, "json") == 0;
+	if (!c->log_file) {
+		if (log_out)
+			fclose(log_out);
+		log_out = NULL;
+		return true;
+	}
+	FILE *f = fopen(c->log_file, "a");
+	if (!f) {
+		log_msg(LOG_ERROR, "cannot open log_file %s; logging stays where it was", c->log_file);
+		return false;
+	}
+	setvbuf(f, NULL, _IOLBF, 0);
+	if (log_out)
+		fclose(log_out);
+	log_out = f;
+	return true;
+}
+
+static void log_json_string(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch < 0x20)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
+static void log_vline(enum log_level l, const struct conn *c, const char *fmt, va_list ap)
 {
 	struct timeval tv;
 	struct tm tm;
-	char ts[32], msg[1024];
+	char ts[40], msg[1024], tl[TIMELINE_BRANCH_MAX + 16] = "";
+	FILE *f = log_out ? log_out : stderr;
 
 	gettimeofday(&tv, NULL);
 	gmtime_r(&tv.tv_sec, &tm);
-	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+	size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(ts + n, sizeof(ts) - n, ".%03dZ", (int)(tv.tv_usec / 1000));
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	fprintf(stderr, "%s.%03dZ %s %s%s\n", ts, (int)(tv.tv_usec / 1000), log_names[l], prefix, msg);
+	bool routed = c && c->route.app;
+	if (routed)
+		timeline_label(&c->route.id.tl, tl, sizeof(tl));
+	if (!log_json) {
+		if (!c)
+			fprintf(f, "%s %s %s\n", ts, log_names[l], msg);
+		else if (routed)
+			fprintf(f, "%s %s C-%llu %s/%s %s %s\n", ts, log_names[l], (unsigned long long)c->id,
+				c->route.id.app, tl, c->peer, msg);
+		else
+			fprintf(f, "%s %s C-%llu %s %s\n", ts, log_names[l], (unsigned long long)c->id, c->peer, msg);
+		return;
+	}
+	fprintf(f, "{\"ts\":\"%s\",\"level\":\"%s\"", ts, log_names[l]);
+	if (c) {
+		fprintf(f, ",\"conn\":%llu,\"peer\":", (unsigned long long)c->id);
+		log_json_string(f, c->peer);
+	}
+	if (routed) {
+		fprintf(f, ",\"app\":");
+		log_json_string(f, c->route.id.app);
+		fprintf(f, ",\"timeline\":");
+		log_json_string(f, tl);
+	}
+	fprintf(f, ",\"msg\":");
+	log_json_string(f, msg);
+	fprintf(f, "}\n");
 }
 
 void log_msg(enum log_level l, const char *fmt, ...)
@@ -48,25 +116,17 @@ void log_msg(enum log_level l, const char *fmt, ...)
 	if (l < log_min)
 		return;
 	va_start(ap, fmt);
-	log_vline(l, "", fmt, ap);
+	log_vline(l, NULL, fmt, ap);
 	va_end(ap);
 }
 
 void log_conn(enum log_level l, const struct conn *c, const char *fmt, ...)
 {
-	char prefix[512], tl[TIMELINE_BRANCH_MAX + 16];
 	va_list ap;
 
 	if (l < log_min)
 		return;
-	if (c->route.app) {
-		timeline_label(&c->route.id.tl, tl, sizeof(tl));
-		snprintf(prefix, sizeof(prefix), "C-%llu %s/%s %s ", (unsigned long long)c->id, c->route.id.app, tl,
-			 c->peer);
-	} else {
-		snprintf(prefix, sizeof(prefix), "C-%llu %s ", (unsigned long long)c->id, c->peer);
-	}
 	va_start(ap, fmt);
-	log_vline(l, prefix, fmt, ap);
+	log_vline(l, c, fmt, ap);
 	va_end(ap);
 }

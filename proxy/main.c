@@ -21,7 +21,6 @@
 
 #include "auth/scram.h"
 
-#define VERSION "0.1.0"
 
 static void proxy_log_lines(enum log_level l, const char *prefix, const char *text)
 {
@@ -42,23 +41,21 @@ static void proxy_apply_log_level(const struct conf *c)
 		log_set_level(l);
 }
 
-static void proxy_reload(struct proxy *px)
+bool proxy_reload(struct proxy *px, char *err, size_t errlen)
 {
-	static char err[16384];
-	struct conf *conf = conf_load(px->conf_path, err, sizeof(err));
+	static char warn[16384];
+	struct conf *conf = conf_load(px->conf_path, err, errlen);
+	struct snapshot *s = NULL;
 
-	if (!conf) {
-		proxy_log_lines(LOG_ERROR, "reload rejected, old configuration kept: ", err);
-		return;
-	}
-	struct snapshot *s = snapshot_new(conf, err, sizeof(err));
-	if (!s) {
-		log_msg(LOG_ERROR, "reload rejected, old configuration kept: %s", err);
+	if (conf && !(s = snapshot_new(conf, err, errlen)))
 		conf_free(conf);
-		return;
+	if (!s) {
+		px->stats.reloads_failed++;
+		proxy_log_lines(LOG_ERROR, "reload rejected, old configuration kept: ", err);
+		return false;
 	}
-	if (conf_warnings(conf, err, sizeof(err)) > 0)
-		proxy_log_lines(LOG_WARNING, "", err);
+	if (conf_warnings(conf, warn, sizeof(warn)) > 0)
+		proxy_log_lines(LOG_WARNING, "", warn);
 	const struct conf *old = px->snap->conf;
 	bool listen_changed = old->nlisten != conf->nlisten;
 	for (size_t i = 0; !listen_changed && i < conf->nlisten; i++)
@@ -68,13 +65,17 @@ static void proxy_reload(struct proxy *px)
 		log_msg(LOG_WARNING, "reload: a change of listen takes effect at the next restart");
 	snapshot_unref(px->snap);
 	px->snap = s;
+	px->stats.reloads_ok++;
+	log_reopen(conf);
 	proxy_apply_log_level(conf);
 	log_msg(LOG_INFO, "reloaded %s: %zu instances, %zu apps", px->conf_path, conf->ninstances, conf->napps);
+	return true;
 }
 
 static void proxy_sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
-	proxy_reload(arg);
+	static char err[16384];
+	proxy_reload(arg, err, sizeof(err));
 }
 
 static void proxy_drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -100,8 +101,6 @@ static void proxy_drain_cb(evutil_socket_t fd, short what, void *arg)
 static void proxy_sigterm_cb(evutil_socket_t sig, short what, void *arg)
 {
 	struct proxy *px = arg;
-	struct timespec now;
-	struct timeval tick = {0, 100 * 1000};
 
 	if (sig == SIGINT || px->stopping) {
 		log_msg(LOG_INFO, "stopping now (%s)", sig == SIGINT ? "SIGINT" : "second SIGTERM");
@@ -109,11 +108,21 @@ static void proxy_sigterm_cb(evutil_socket_t sig, short what, void *arg)
 		event_base_loopbreak(px->base);
 		return;
 	}
+	proxy_begin_shutdown(px);
+}
+
+void proxy_begin_shutdown(struct proxy *px)
+{
+	struct timespec now;
+	struct timeval tick = {0, 100 * 1000};
+
+	if (px->stopping)
+		return;
 	px->stopping = true;
 	listener_close_all(px);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	px->stop_deadline = now.tv_sec + (px->snap->conf->shutdown_timeout_ms + 999) / 1000;
-	log_msg(LOG_INFO, "SIGTERM: not accepting; waiting up to %d ms for %zu sessions",
+	log_msg(LOG_INFO, "shutting down: not accepting; waiting up to %d ms for %zu sessions",
 		px->snap->conf->shutdown_timeout_ms, px->nclients);
 	px->drain = event_new(px->base, -1, EV_PERSIST, proxy_drain_cb, px);
 	event_add(px->drain, &tick);
@@ -128,6 +137,7 @@ int proxy_run(const char *path)
 	TAILQ_INIT(&px.conns);
 	TAILQ_INIT(&px.reap);
 	TAILQ_INIT(&px.autoprovs);
+	TAILQ_INIT(&px.paused);
 	px.conf_path = path;
 	struct conf *conf = conf_load(path, err, sizeof(err));
 	if (!conf) {
@@ -136,6 +146,11 @@ int proxy_run(const char *path)
 		return 1;
 	}
 	proxy_apply_log_level(conf);
+	if (!log_reopen(conf)) {
+		fprintf(stderr, "pglane: cannot open log_file %s\n", conf->log_file);
+		conf_free(conf);
+		return 1;
+	}
 	if (conf_warnings(conf, err, sizeof(err)) > 0)
 		proxy_log_lines(LOG_WARNING, "", err);
 	if (!(px.snap = snapshot_new(conf, err, sizeof(err)))) {
@@ -153,7 +168,8 @@ int proxy_run(const char *path)
 		fprintf(stderr, "pglane: cannot initialise the event loop\n");
 		goto out;
 	}
-	if (!listener_open_all(&px, px.snap->conf, err, sizeof(err))) {
+	if (!listener_open_all(&px, px.snap->conf, err, sizeof(err)) ||
+	    (px.snap->conf->http_listen && !metrics_listen(&px, px.snap->conf->http_listen, err, sizeof(err)))) {
 		fprintf(stderr, "pglane: %s\n", err);
 		goto out;
 	}
@@ -163,7 +179,7 @@ int proxy_run(const char *path)
 	event_add(px.sig_hup, NULL);
 	event_add(px.sig_term, NULL);
 	event_add(px.sig_int, NULL);
-	log_msg(LOG_INFO, "pglane %s started: %zu instances, %zu apps (pid %d)", VERSION, px.snap->conf->ninstances,
+	log_msg(LOG_INFO, "pglane %s started: %zu instances, %zu apps (pid %d)", PGLANE_VERSION, px.snap->conf->ninstances,
 		px.snap->conf->napps, (int)getpid());
 	event_base_dispatch(px.base);
 	status = px.unclean ? 1 : 0;
@@ -172,8 +188,14 @@ out:;
 	struct conn *c;
 	while ((c = TAILQ_FIRST(&px.conns)))
 		conn_close(c, "shutdown");
+	while ((c = TAILQ_FIRST(&px.paused)))
+		conn_close(c, "shutdown");
 	conn_reap_now(&px);
 	listener_close_all(&px);
+	metrics_free(&px);
+	for (size_t i = 0; i < px.npaused_apps; i++)
+		free(px.paused_apps[i]);
+	free(px.paused_apps);
 	if (px.sig_hup)
 		event_free(px.sig_hup), event_free(px.sig_term), event_free(px.sig_int);
 	if (px.drain)
@@ -212,7 +234,7 @@ int main(int argc, char **argv)
 		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
 			path = argv[++i];
 		} else if (strcmp(argv[i], "--version") == 0) {
-			printf("pglane %s\n", VERSION);
+			printf("pglane %s\n", PGLANE_VERSION);
 			return 0;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			usage(stdout);

@@ -23,6 +23,8 @@
 #include "proxy/pgproto.h"
 #include "routing/route.h"
 
+#define PGLANE_VERSION "0.1.0"
+
 struct evdns_base;
 struct evconnlistener;
 struct scram_server;
@@ -52,6 +54,7 @@ enum conn_state {
 	CONN_AUTH,    /* the client's authentication dialogue */
 	CONN_CONNECT, /* backend TCP, TLS and login */
 	CONN_RELAY,   /* forwarding both ways */
+	CONN_ADMIN,   /* the admin console: pglane answers itself */
 	CONN_CLOSED,  /* on the reap list: every callback returns at once */
 };
 const char *conn_state_str(enum conn_state s);
@@ -89,6 +92,9 @@ struct conn {
 	char route_err[256];
 	struct scram_server *scram; /* owned, during CONN_AUTH */
 	bool cleartext;             /* a cleartext password exchange instead of SCRAM */
+	bool parked;                /* on px->paused (PAUSE) */
+	bool admin_ignore_until_sync; /* admin console: an extended-protocol message was refused */
+	bool admin;                 /* logging in to the virtual database "pglane" as admin_user */
 	bool sasl_first_done;       /* SASLInitialResponse handled; the next 'p' is the final message */
 
 	/* backend */
@@ -99,6 +105,7 @@ struct conn {
 	uint32_t be_pid, be_key;          /* the server's BackendKeyData */
 	bool provisioned;                 /* autoprov ran once for this connection */
 	uint32_t cancel_key;              /* the key pglane handed the client; 0 = none */
+	struct timespec be_started;       /* backend_start(): for the connect-time histogram */
 	struct sockaddr_storage be_addr;  /* where the server is, for cancel requests */
 	socklen_t be_addrlen;
 
@@ -111,6 +118,21 @@ struct conn {
 };
 TAILQ_HEAD(conn_list, conn);
 TAILQ_HEAD(autoprov_list, autoprov);
+
+/* Counters for SHOW STATS and /metrics.  Bytes of closed connections; live ones add their own. */
+#define STATS_CONNECT_BUCKETS 12
+extern const double stats_connect_bounds[STATS_CONNECT_BUCKETS]; /* seconds */
+struct stats {
+	uint64_t accepted, routed, refused_too_many, protocol_errors, login_timeouts;
+	uint64_t auth_fail_password, auth_fail_user, auth_fail_database, auth_fail_cert;
+	uint64_t tls_handshakes, cancel_requests, cancels_forwarded;
+	uint64_t backend_errors, provisions_ok, provisions_failed;
+	uint64_t reloads_ok, reloads_failed;
+	uint64_t bytes_in, bytes_out;
+	uint64_t connect_hist[STATS_CONNECT_BUCKETS + 1]; /* backend connect + login time; last = +Inf */
+	double connect_sum;
+	uint64_t connect_count;
+};
 
 /* One event loop with its listeners, connections and caches. */
 struct proxy {
@@ -131,6 +153,12 @@ struct proxy {
 	void *secret_cache;        /* OPENSSL_LHASH of derived SCRAM secrets */
 	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
 	uint8_t mock_key[32];      /* salts for unknown users, stable within the process */
+	struct stats stats;
+	struct evhttp *http;       /* owned: [pglane] http_listen, or NULL */
+	struct conn_list paused;   /* logged-in clients held by PAUSE until RESUME */
+	bool pause_all;            /* PAUSE without an app */
+	char **paused_apps;        /* owned: PAUSE APP */
+	size_t npaused_apps;
 	bool stopping;             /* SIGTERM: no new connections */
 	bool unclean;              /* sessions were cut at the stop: exit status 1 */
 	time_t stop_deadline;      /* CLOCK_MONOTONIC seconds */
@@ -141,6 +169,8 @@ struct proxy {
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERROR };
 void log_set_level(enum log_level l);
 bool log_parse_level(const char *s, enum log_level *out);
+/* Applies log_format and (re)opens log_file; false (old destination kept) when it cannot be opened. */
+bool log_reopen(const struct conf *c);
 void log_msg(enum log_level l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_conn(enum log_level l, const struct conn *c, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
@@ -181,6 +211,22 @@ void autoprov_start(struct conn *c);
 /* A closing connection stops waiting. */
 void autoprov_forget(struct conn *c);
 bool autoprov_creating(struct proxy *px, const struct conf_instance *inst, const char *dbname);
+
+/* admin.c: the console on the virtual database "pglane" */
+#define ADMIN_DBNAME "pglane"
+void admin_start(struct conn *c);
+/* PAUSE: true when new sessions of app must wait; admin_resume() lets them go. */
+bool admin_is_paused(const struct proxy *px, const char *app);
+void admin_park(struct conn *c);
+
+/* metrics.c: HTTP /healthz /readyz /status /metrics */
+bool metrics_listen(struct proxy *px, const char *hostport, char *err, size_t errlen);
+void metrics_free(struct proxy *px);
+void stats_observe_connect(struct proxy *px, const struct timespec *since);
+
+/* main.c */
+bool proxy_reload(struct proxy *px, char *err, size_t errlen);
+void proxy_begin_shutdown(struct proxy *px);
 
 /* relay.c */
 void relay_start(struct conn *c);

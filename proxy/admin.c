@@ -1,0 +1,550 @@
+/*
+ * admin: the console on the virtual database "pglane", for [pglane] admin_user after SCRAM with
+ * admin_password.  pglane answers simple-protocol queries itself with ordinary row sets, so psql
+ * prints them:
+ *   SHOW INSTANCES | APPS | DATABASES | CLIENTS | SERVERS | STATS | CONFIG | VERSION
+ *   RELOAD, PAUSE [app], RESUME [app], KILL CLIENT id, SHUTDOWN
+ * PAUSE holds new sessions (of one app, or all) after their login, before they reach an instance;
+ * RESUME lets them go.  Sessions already running are not touched.
+ */
+#include "proxy/proxy.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+
+#define ADMIN_QUERY_MAX 4096
+#define ADMIN_MAX_COLS 12
+
+struct admin_out {
+	struct pgbuf b;
+	size_t rows;
+};
+
+static void admin_columns(struct admin_out *o, const char *const *names, size_t n)
+{
+	size_t off = pgbuf_begin(&o->b, 'T');
+	pgbuf_put_u8(&o->b, 0);
+	o->b.len--; /* the int16 count is written below: two bytes, big-endian */
+	pgbuf_put_u8(&o->b, (uint8_t)(n >> 8));
+	pgbuf_put_u8(&o->b, (uint8_t)n);
+	for (size_t i = 0; i < n; i++) {
+		pgbuf_put_str(&o->b, names[i]);
+		pgbuf_put_u32(&o->b, 0);             /* table oid */
+		pgbuf_put(&o->b, "\0\0", 2);         /* column number */
+		pgbuf_put_u32(&o->b, 25);            /* text */
+		pgbuf_put(&o->b, "\xff\xff", 2);     /* typlen -1 */
+		pgbuf_put_u32(&o->b, 0xffffffffu);   /* typmod -1 */
+		pgbuf_put(&o->b, "\0\0", 2);         /* text format */
+	}
+	pgbuf_end(&o->b, off);
+}
+
+static void admin_row(struct admin_out *o, const char *const *vals, size_t n)
+{
+	size_t off = pgbuf_begin(&o->b, 'D');
+	pgbuf_put_u8(&o->b, (uint8_t)(n >> 8));
+	pgbuf_put_u8(&o->b, (uint8_t)n);
+	for (size_t i = 0; i < n; i++) {
+		if (!vals[i]) {
+			pgbuf_put_u32(&o->b, 0xffffffffu);
+			continue;
+		}
+		size_t len = strlen(vals[i]);
+		pgbuf_put_u32(&o->b, (uint32_t)len);
+		pgbuf_put(&o->b, vals[i], len);
+	}
+	pgbuf_end(&o->b, off);
+	o->rows++;
+}
+
+static void admin_complete(struct admin_out *o, const char *tag)
+{
+	size_t off = pgbuf_begin(&o->b, 'C');
+	pgbuf_put_str(&o->b, tag);
+	pgbuf_end(&o->b, off);
+}
+
+static void admin_ready(struct pgbuf *b)
+{
+	size_t off = pgbuf_begin(b, PG_MSG_READY_FOR_QUERY);
+	pgbuf_put_u8(b, 'I');
+	pgbuf_end(b, off);
+}
+
+static void admin_error(struct admin_out *o, const char *sqlstate, const char *msg)
+{
+	pgbuf_free(&o->b);
+	o->rows = 0;
+	pg_put_error(&o->b, "ERROR", sqlstate, msg, NULL, NULL);
+}
+
+/* ---------------------------------------------------------------- SHOW */
+
+#define NCOLS(a) (sizeof(a) / sizeof((a)[0]))
+static char admin_num[ADMIN_MAX_COLS][32];
+
+static const char *num(int slot, unsigned long long v)
+{
+	snprintf(admin_num[slot], sizeof(admin_num[slot]), "%llu", v);
+	return admin_num[slot];
+}
+
+static size_t admin_app_clients(const struct proxy *px, const char *app)
+{
+	size_t n = 0;
+	const struct conn *it;
+	TAILQ_FOREACH(it, &px->conns, link)
+	n += it->route.app && strcmp(it->route.id.app, app) == 0;
+	return n;
+}
+
+static void show_instances(struct proxy *px, struct admin_out *o)
+{
+	static const char *const cols[] = {"name", "host", "port", "user", "dbname", "sslmode", "ca", "apps"};
+	const struct conf *c = px->snap->conf;
+	static const char *const ca[] = {"none", "file", "system", "aws-rds"};
+
+	admin_columns(o, cols, NCOLS(cols));
+	for (size_t i = 0; i < c->ninstances; i++) {
+		const struct conf_instance *in = &c->instances[i];
+		char apps[1024] = "";
+		for (size_t a = 0; a < c->napps; a++)
+			if (c->apps[a].instance == in)
+				snprintf(apps + strlen(apps), sizeof(apps) - strlen(apps), "%s%s", *apps ? "," : "",
+					 c->apps[a].id);
+		const char *v[] = {in->name, in->host, num(0, (unsigned)in->port), in->user, in->dbname,
+				   sslmode_str(in->sslmode), in->ca == CA_SOURCE_FILE ? in->ca_file : ca[in->ca], apps};
+		admin_row(o, v, NCOLS(v));
+	}
+	admin_complete(o, "SHOW");
+}
+
+static void show_apps(struct proxy *px, struct admin_out *o)
+{
+	static const char *const cols[] = {"id", "instance", "provision", "production_branch", "clients", "paused"};
+	const struct conf *c = px->snap->conf;
+
+	admin_columns(o, cols, NCOLS(cols));
+	for (size_t a = 0; a < c->napps; a++) {
+		const struct conf_app *app = &c->apps[a];
+		const char *v[] = {app->id,
+				   app->instance_name,
+				   app->provision == PROVISION_AUTO ? "auto" : "manual",
+				   app->production_branch,
+				   num(0, admin_app_clients(px, app->id)),
+				   admin_is_paused(px, app->id) ? "yes" : "no"};
+		admin_row(o, v, NCOLS(v));
+	}
+	admin_complete(o, "SHOW");
+}
+
+static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
+{
+	static const char *const ccols[] = {"id",    "peer",  "app",      "timeline",  "database",
+					    "state", "since", "bytes_in", "bytes_out", "tls"};
+	static const char *const scols[] = {"client_id", "instance", "database", "server_pid", "tls", "state"};
+	struct timespec now;
+	struct conn *it;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (servers)
+		admin_columns(o, scols, NCOLS(scols));
+	else
+		admin_columns(o, ccols, NCOLS(ccols));
+	for (int list = 0; list < 2; list++) {
+		TAILQ_FOREACH(it, list ? &px->paused : &px->conns, link)
+		{
+			char tl[TIMELINE_BRANCH_MAX + 16] = "";
+			bool routed = it->route.app != NULL;
+			if (routed)
+				timeline_label(&it->route.id.tl, tl, sizeof(tl));
+			if (servers) {
+				if (!it->server)
+					continue;
+				const char *v[] = {num(0, it->id), it->inst->name, it->route.dbname, num(1, it->be_pid),
+						   it->be_ssl ? "yes" : "no",
+						   it->state == CONN_RELAY ? "active" : "login"};
+				admin_row(o, v, NCOLS(v));
+				continue;
+			}
+			const char *state = list ? "paused" : conn_state_str(it->state);
+			const char *v[] = {num(0, it->id),
+					   it->peer,
+					   routed ? it->route.id.app : (it->admin ? "(admin)" : NULL),
+					   routed ? tl : NULL,
+					   routed ? it->route.dbname : NULL,
+					   state,
+					   num(1, (unsigned long long)(now.tv_sec - it->started.tv_sec)),
+					   num(2, it->bytes_in),
+					   num(3, it->bytes_out),
+					   it->client_tls ? "yes" : "no"};
+			admin_row(o, v, NCOLS(v));
+		}
+	}
+	admin_complete(o, "SHOW");
+}
+
+static void show_databases(struct proxy *px, struct admin_out *o)
+{
+	static const char *const cols[] = {"app", "timeline", "database", "instance", "state", "clients"};
+	struct conn *it, *jt;
+
+	admin_columns(o, cols, NCOLS(cols));
+	TAILQ_FOREACH(it, &px->conns, link)
+	{
+		if (!it->route.app || it->state < CONN_CONNECT || it->admin)
+			continue;
+		bool seen = false;
+		size_t n = 0;
+		TAILQ_FOREACH(jt, &px->conns, link)
+		{
+			if (jt == it)
+				break;
+			seen |= jt->route.app && jt->state >= CONN_CONNECT && !jt->admin && jt->inst == it->inst &&
+				strcmp(jt->route.dbname, it->route.dbname) == 0;
+		}
+		if (seen)
+			continue;
+		TAILQ_FOREACH(jt, &px->conns, link)
+		n += jt->state == CONN_RELAY && jt->inst == it->inst && strcmp(jt->route.dbname, it->route.dbname) == 0;
+		char tl[TIMELINE_BRANCH_MAX + 16];
+		timeline_label(&it->route.id.tl, tl, sizeof(tl));
+		const char *v[] = {it->route.id.app, tl, it->route.dbname, it->inst->name,
+				   autoprov_creating(px, it->inst, it->route.dbname) ? "Creating" : "Connected", num(0, n)};
+		admin_row(o, v, NCOLS(v));
+	}
+	admin_complete(o, "SHOW");
+}
+
+static void show_stats(struct proxy *px, struct admin_out *o)
+{
+	static const char *const cols[] = {"name", "value"};
+	const struct stats *s = &px->stats;
+	const struct {
+		const char *name;
+		uint64_t v;
+	} rows[] = {
+		{"clients", px->nclients},
+		{"accepted", s->accepted},
+		{"routed", s->routed},
+		{"refused_too_many", s->refused_too_many},
+		{"auth_fail_password", s->auth_fail_password},
+		{"auth_fail_user", s->auth_fail_user},
+		{"auth_fail_database", s->auth_fail_database},
+		{"auth_fail_certificate", s->auth_fail_cert},
+		{"protocol_errors", s->protocol_errors},
+		{"login_timeouts", s->login_timeouts},
+		{"tls_handshakes", s->tls_handshakes},
+		{"cancel_requests", s->cancel_requests},
+		{"cancels_forwarded", s->cancels_forwarded},
+		{"backend_errors", s->backend_errors},
+		{"provisions", s->provisions_ok},
+		{"provision_failures", s->provisions_failed},
+		{"reloads", s->reloads_ok},
+		{"reloads_rejected", s->reloads_failed},
+		{"bytes_in_closed", s->bytes_in},
+		{"bytes_out_closed", s->bytes_out},
+	};
+
+	admin_columns(o, cols, NCOLS(cols));
+	for (size_t i = 0; i < NCOLS(rows); i++) {
+		const char *v[] = {rows[i].name, num(0, rows[i].v)};
+		admin_row(o, v, 2);
+	}
+	admin_complete(o, "SHOW");
+}
+
+static void show_config(struct proxy *px, struct admin_out *o)
+{
+	static const char *const cols[] = {"key", "value"};
+	const struct conf *c = px->snap->conf;
+	static const char *const tls[] = {"disable", "allow", "require"};
+	char listen[512] = "";
+
+	for (size_t i = 0; i < c->nlisten; i++)
+		snprintf(listen + strlen(listen), sizeof(listen) - strlen(listen), "%s%s:%s", i ? "," : "",
+			 c->listen[i].host, c->listen[i].port);
+	const char *rows[][2] = {
+		{"config_file", c->path},
+		{"listen", listen},
+		{"public_host", c->public_host},
+		{"public_port", num(0, (unsigned)c->public_port)},
+		{"connect_timeout_ms", num(1, (unsigned)c->connect_timeout_ms)},
+		{"login_timeout_ms", num(2, (unsigned)c->login_timeout_ms)},
+		{"shutdown_timeout_ms", num(3, (unsigned)c->shutdown_timeout_ms)},
+		{"max_clients", num(4, (unsigned)c->max_clients)},
+		{"max_packet_size", num(5, (unsigned)c->max_packet_size)},
+		{"tls_mode", tls[c->tls_mode]},
+		{"tls_cert", c->tls_cert},
+		{"client_ca", c->client_ca},
+		{"allow_cleartext", c->allow_cleartext ? "true" : "false"},
+		{"admin_user", c->admin_user},
+		{"admin_password", c->admin_password ? "********" : NULL},
+		{"http_listen", c->http_listen},
+		{"log_format", c->log_format},
+		{"log_level", c->log_level},
+		{"log_file", c->log_file},
+	};
+	admin_columns(o, cols, NCOLS(cols));
+	for (size_t i = 0; i < NCOLS(rows); i++)
+		admin_row(o, rows[i], 2);
+	admin_complete(o, "SHOW");
+}
+
+/* ---------------------------------------------------------------- PAUSE / RESUME */
+
+bool admin_is_paused(const struct proxy *px, const char *app)
+{
+	if (px->pause_all)
+		return true;
+	for (size_t i = 0; i < px->npaused_apps; i++)
+		if (strcmp(px->paused_apps[i], app) == 0)
+			return true;
+	return false;
+}
+
+void admin_park(struct conn *c)
+{
+	TAILQ_REMOVE(&c->px->conns, c, link);
+	TAILQ_INSERT_TAIL(&c->px->paused, c, link);
+	c->parked = true;
+	evtimer_del(c->timer);
+	log_conn(LOG_INFO, c, "held by PAUSE");
+}
+
+static void admin_release(struct proxy *px)
+{
+	struct conn *c, *next;
+
+	for (c = TAILQ_FIRST(&px->paused); c; c = next) {
+		next = TAILQ_NEXT(c, link);
+		if (admin_is_paused(px, c->route.id.app))
+			continue;
+		TAILQ_REMOVE(&px->paused, c, link);
+		TAILQ_INSERT_TAIL(&px->conns, c, link);
+		c->parked = false;
+		backend_start(c);
+	}
+}
+
+static bool admin_pause(struct proxy *px, const char *app, bool pause, char *err, size_t errlen)
+{
+	if (*app && !conf_app_find(px->snap->conf, app)) {
+		snprintf(err, errlen, "no app \"%s\"", app);
+		return false;
+	}
+	if (!*app) {
+		px->pause_all = pause;
+		if (!pause) {
+			for (size_t i = 0; i < px->npaused_apps; i++)
+				free(px->paused_apps[i]);
+			px->npaused_apps = 0;
+		}
+	} else if (pause && !admin_is_paused(px, app)) {
+		char **a = realloc(px->paused_apps, (px->npaused_apps + 1) * sizeof(*a));
+		if (!a || !(a[px->npaused_apps] = strdup(app))) {
+			if (a)
+				px->paused_apps = a;
+			snprintf(err, errlen, "out of memory");
+			return false;
+		}
+		px->paused_apps = a;
+		px->npaused_apps++;
+	} else if (!pause) {
+		for (size_t i = 0; i < px->npaused_apps; i++) {
+			if (strcmp(px->paused_apps[i], app) == 0) {
+				free(px->paused_apps[i]);
+				px->paused_apps[i] = px->paused_apps[--px->npaused_apps];
+				break;
+			}
+		}
+	}
+	log_msg(LOG_INFO, "%s %s", pause ? "PAUSE" : "RESUME", *app ? app : "all");
+	if (!pause)
+		admin_release(px);
+	return true;
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+/* Splits "show   clients ;" into lower-cased words; returns how many. */
+static size_t admin_words(char *q, char **w, size_t max)
+{
+	size_t n = 0;
+	char *save = NULL;
+
+	for (char *p = q; *p; p++)
+		if (*p == ';')
+			*p = ' ';
+	for (char *t = strtok_r(q, " \t\r\n", &save); t && n < max; t = strtok_r(NULL, " \t\r\n", &save))
+		w[n++] = t;
+	for (size_t i = 0; i + 1 < n || (i < n && i == 0); i++)
+		for (char *p = w[i]; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+	if (n >= 2) /* the second word of SHOW/KILL too; app ids and ids are lower-case anyway */
+		for (char *p = w[1]; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+	return n;
+}
+
+static void admin_query(struct conn *c, char *q, struct admin_out *o)
+{
+	struct proxy *px = c->px;
+	char *w[4], err[256];
+	size_t n = admin_words(q, w, 4);
+
+	if (n == 0) {
+		size_t off = pgbuf_begin(&o->b, 'I'); /* EmptyQueryResponse */
+		pgbuf_end(&o->b, off);
+		return;
+	}
+	if (strcmp(w[0], "show") == 0 && n == 2) {
+		if (strcmp(w[1], "instances") == 0)
+			return show_instances(px, o);
+		if (strcmp(w[1], "apps") == 0)
+			return show_apps(px, o);
+		if (strcmp(w[1], "databases") == 0)
+			return show_databases(px, o);
+		if (strcmp(w[1], "clients") == 0)
+			return show_clients(px, o, false);
+		if (strcmp(w[1], "servers") == 0)
+			return show_clients(px, o, true);
+		if (strcmp(w[1], "stats") == 0)
+			return show_stats(px, o);
+		if (strcmp(w[1], "config") == 0)
+			return show_config(px, o);
+		if (strcmp(w[1], "version") == 0) {
+			static const char *const cols[] = {"version"};
+			static const char *const v[] = {"pglane " PGLANE_VERSION};
+			admin_columns(o, cols, 1);
+			admin_row(o, v, 1);
+			return admin_complete(o, "SHOW");
+		}
+	} else if (strcmp(w[0], "reload") == 0 && n == 1) {
+		static char rerr[16384];
+		if (!proxy_reload(px, rerr, sizeof(rerr))) {
+			char *nl = strchr(rerr, '\n');
+			if (nl)
+				*nl = '\0';
+			return admin_error(o, "F0000", rerr);
+		}
+		return admin_complete(o, "RELOAD");
+	} else if ((strcmp(w[0], "pause") == 0 || strcmp(w[0], "resume") == 0) && n <= 2) {
+		bool pause = w[0][0] == 'p';
+		if (!admin_pause(px, n == 2 ? w[1] : "", pause, err, sizeof(err)))
+			return admin_error(o, "42704", err);
+		return admin_complete(o, pause ? "PAUSE" : "RESUME");
+	} else if (strcmp(w[0], "kill") == 0 && n == 3 && strcmp(w[1], "client") == 0) {
+		char *end;
+		unsigned long long id = strtoull(w[2], &end, 10);
+		struct conn *it;
+		for (int list = 0; *end == '\0' && list < 2; list++)
+			TAILQ_FOREACH(it, list ? &px->paused : &px->conns, link)
+			if (it->id == id) {
+				if (it == c)
+					return admin_error(o, "42601", "KILL CLIENT: that is this connection");
+				conn_close(it, "killed by admin");
+				return admin_complete(o, "KILL");
+			}
+		return admin_error(o, "42704", "KILL CLIENT: no client with that id");
+	} else if (strcmp(w[0], "shutdown") == 0 && n == 1) {
+		proxy_begin_shutdown(px);
+		return admin_complete(o, "SHUTDOWN");
+	}
+	admin_error(o, "42601",
+		    "unknown admin command; try SHOW INSTANCES|APPS|DATABASES|CLIENTS|SERVERS|STATS|CONFIG|VERSION, "
+		    "RELOAD, PAUSE [app], RESUME [app], KILL CLIENT id, SHUTDOWN");
+}
+
+static void admin_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	char err[128];
+	uint8_t head[5];
+	struct pg_msg m;
+
+	while (c->state == CONN_ADMIN && !c->closing) {
+		size_t len = evbuffer_get_length(in);
+		if (len < 5)
+			return;
+		evbuffer_copyout(in, head, 5);
+		if (pg_read_msg(head, 5, ADMIN_QUERY_MAX, &m, err, sizeof(err)) == PG_BAD) {
+			conn_fail(c, "08P01", "protocol violation", "%s", err);
+			return;
+		}
+		size_t total = (size_t)pg_get_u32(head + 1) + 1;
+		if (len < total)
+			return;
+		uint8_t *p = evbuffer_pullup(in, (ssize_t)total);
+		pg_read_msg(p, total, ADMIN_QUERY_MAX, &m, err, sizeof(err));
+		struct admin_out o = {0};
+		if (m.type == PG_MSG_TERMINATE) {
+			conn_close(c, "admin logged out");
+			return;
+		}
+		if (m.type == 'Q' && m.body_len > 0 && m.body[m.body_len - 1] == '\0') {
+			char q[ADMIN_QUERY_MAX];
+			memcpy(q, m.body, m.body_len);
+			evbuffer_drain(in, total);
+			admin_query(c, q, &o);
+			admin_ready(&o.b);
+		} else if (m.type == 'S') { /* Sync after a refused extended-protocol message */
+			evbuffer_drain(in, total);
+			admin_ready(&o.b);
+		} else {
+			evbuffer_drain(in, total);
+			if (c->admin_ignore_until_sync)
+				continue;
+			c->admin_ignore_until_sync = m.type != 'Q';
+			pg_put_error(&o.b, "ERROR", "0A000", "the admin console takes simple queries only", NULL, NULL);
+			if (m.type == 'Q')
+				admin_ready(&o.b);
+		}
+		if (m.type == 'S')
+			c->admin_ignore_until_sync = false;
+		if (c->state == CONN_CLOSED || !conn_send(c, &o.b))
+			return;
+	}
+}
+
+static void admin_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+	if (c->state != CONN_CLOSED)
+		conn_close(c, "admin closed the connection");
+}
+
+void admin_start(struct conn *c)
+{
+	struct pgbuf b = {0};
+	static const char *const params[][2] = {
+		{"server_version", "15.0 (pglane " PGLANE_VERSION ")"},
+		{"server_encoding", "UTF8"},
+		{"client_encoding", "UTF8"},
+		{"DateStyle", "ISO, MDY"},
+		{"integer_datetimes", "on"},
+		{"standard_conforming_strings", "on"},
+	};
+
+	c->state = CONN_ADMIN;
+	evtimer_del(c->timer);
+	for (size_t i = 0; i < NCOLS(params); i++) {
+		size_t off = pgbuf_begin(&b, PG_MSG_PARAMETER_STATUS);
+		pgbuf_put_str(&b, params[i][0]);
+		pgbuf_put_str(&b, params[i][1]);
+		pgbuf_end(&b, off);
+	}
+	admin_ready(&b);
+	log_conn(LOG_INFO, c, "admin console");
+	if (!conn_send(c, &b))
+		return;
+	bufferevent_setcb(c->client, admin_read_cb, NULL, admin_event_cb, c);
+	bufferevent_enable(c->client, EV_READ);
+	admin_read_cb(c->client, c);
+}

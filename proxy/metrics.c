@@ -1,0 +1,296 @@
+/*
+ * metrics: the optional HTTP listener ([pglane] http_listen) with libevent's evhttp:
+ *   /healthz  200 while the loop runs
+ *   /readyz   200 while pglane accepts connections, 503 while it shuts down
+ *   /metrics  Prometheus text format 0.0.4
+ *   /status   JSON from live data: instances, apps, and the timeline databases sessions use
+ * Gauges are computed from the connection list at scrape time, so the hot path only bumps counters.
+ */
+#include "proxy/proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+
+const double stats_connect_bounds[STATS_CONNECT_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+							    0.1,   0.25,   0.5,   1,    2.5,   5};
+
+void stats_observe_connect(struct proxy *px, const struct timespec *since)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	double s = (double)(now.tv_sec - since->tv_sec) + (double)(now.tv_nsec - since->tv_nsec) / 1e9;
+	size_t i = 0;
+	while (i < STATS_CONNECT_BUCKETS && s > stats_connect_bounds[i])
+		i++;
+	px->stats.connect_hist[i]++;
+	px->stats.connect_sum += s;
+	px->stats.connect_count++;
+}
+
+static void metrics_send(struct evhttp_request *req, int code, const char *ctype, struct evbuffer *body)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+	evhttp_send_reply(req, code, code == 200 ? "OK" : "Service Unavailable", body);
+}
+
+static void metrics_counter(struct evbuffer *b, const char *name, const char *help, uint64_t v)
+{
+	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+			    (unsigned long long)v);
+}
+
+/* Label values: Prometheus escapes backslash, double quote and newline. */
+static void metrics_label(struct evbuffer *b, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\\' || *s == '"')
+			evbuffer_add_printf(b, "\\%c", *s);
+		else if (*s == '\n')
+			evbuffer_add(b, "\\n", 2);
+		else
+			evbuffer_add(b, s, 1);
+	}
+}
+
+static void metrics_clients(struct proxy *px, struct evbuffer *b, uint64_t *bytes_in, uint64_t *bytes_out)
+{
+	const struct conf *c = px->snap->conf;
+	enum { NS = CONN_CLOSED };
+	size_t napp = c->napps + 1; /* last: not routed (yet) */
+	uint64_t *n = calloc(napp * 3 * NS, sizeof(uint64_t));
+	struct conn *it;
+
+	evbuffer_add_printf(b, "# HELP pglane_clients Client connections by app, timeline kind and state.\n"
+			       "# TYPE pglane_clients gauge\n");
+	if (!n)
+		return;
+	TAILQ_FOREACH(it, &px->conns, link)
+	{
+		*bytes_in += it->bytes_in;
+		*bytes_out += it->bytes_out;
+		size_t a = c->napps;
+		if (it->route.app && it->snap->conf == c)
+			a = (size_t)(it->route.app - c->apps);
+		n[(a * 3 + it->route.id.tl.kind) * NS + it->state]++;
+	}
+	TAILQ_FOREACH(it, &px->paused, link)
+	n[c->napps * 3 * NS + CONN_CONNECT]++;
+	for (size_t a = 0; a < napp; a++)
+		for (int k = 0; k < 3; k++)
+			for (int s = 0; s < NS; s++) {
+				uint64_t v = n[(a * 3 + (size_t)k) * NS + (size_t)s];
+				if (!v)
+					continue;
+				evbuffer_add_printf(b, "pglane_clients{app=\"");
+				metrics_label(b, a < c->napps ? c->apps[a].id : "");
+				evbuffer_add_printf(b, "\",timeline=\"%s\",state=\"%s\"} %llu\n",
+						    a < c->napps ? timeline_kind_str((enum timeline_kind)k) : "",
+						    conn_state_str((enum conn_state)s), (unsigned long long)v);
+			}
+	free(n);
+}
+
+static void metrics_cb(struct evhttp_request *req, void *arg)
+{
+	struct proxy *px = arg;
+	struct stats *s = &px->stats;
+	struct evbuffer *b = evbuffer_new();
+	uint64_t in = s->bytes_in, out = s->bytes_out;
+
+	if (!b)
+		return;
+	metrics_clients(px, b, &in, &out);
+	metrics_counter(b, "pglane_connections_accepted_total", "Client connections accepted.", s->accepted);
+	metrics_counter(b, "pglane_connections_routed_total", "Client sessions routed to an instance.", s->routed);
+	metrics_counter(b, "pglane_connections_refused_too_many_total", "Connections refused with 53300.",
+			s->refused_too_many);
+	evbuffer_add_printf(b, "# HELP pglane_auth_failures_total Authentication failures by reason.\n"
+			       "# TYPE pglane_auth_failures_total counter\n"
+			       "pglane_auth_failures_total{reason=\"password\"} %llu\n"
+			       "pglane_auth_failures_total{reason=\"user\"} %llu\n"
+			       "pglane_auth_failures_total{reason=\"database\"} %llu\n"
+			       "pglane_auth_failures_total{reason=\"certificate\"} %llu\n",
+			    (unsigned long long)s->auth_fail_password, (unsigned long long)s->auth_fail_user,
+			    (unsigned long long)s->auth_fail_database, (unsigned long long)s->auth_fail_cert);
+	metrics_counter(b, "pglane_protocol_errors_total", "Clients refused with 08P01.", s->protocol_errors);
+	metrics_counter(b, "pglane_login_timeouts_total", "Clients that did not log in within login_timeout.",
+			s->login_timeouts);
+	metrics_counter(b, "pglane_tls_handshakes_total", "Client TLS handshakes completed.", s->tls_handshakes);
+	metrics_counter(b, "pglane_cancel_requests_total", "CancelRequests received.", s->cancel_requests);
+	metrics_counter(b, "pglane_cancel_forwarded_total", "CancelRequests forwarded to an instance.",
+			s->cancels_forwarded);
+	metrics_counter(b, "pglane_backend_errors_total", "Sessions that could not connect or log in to an instance.",
+			s->backend_errors);
+	metrics_counter(b, "pglane_provisions_total", "Databases created on first connection.", s->provisions_ok);
+	metrics_counter(b, "pglane_provision_failures_total", "Databases that could not be created.",
+			s->provisions_failed);
+	evbuffer_add_printf(b, "# HELP pglane_reloads_total Configuration reloads by result.\n"
+			       "# TYPE pglane_reloads_total counter\n"
+			       "pglane_reloads_total{result=\"ok\"} %llu\npglane_reloads_total{result=\"rejected\"} %llu\n",
+			    (unsigned long long)s->reloads_ok, (unsigned long long)s->reloads_failed);
+	evbuffer_add_printf(b, "# HELP pglane_bytes_total Bytes relayed, by direction.\n"
+			       "# TYPE pglane_bytes_total counter\n"
+			       "pglane_bytes_total{direction=\"from_client\"} %llu\n"
+			       "pglane_bytes_total{direction=\"to_client\"} %llu\n",
+			    (unsigned long long)in, (unsigned long long)out);
+	evbuffer_add_printf(b, "# HELP pglane_backend_connect_seconds Time from routing to the server's ReadyForQuery.\n"
+			       "# TYPE pglane_backend_connect_seconds histogram\n");
+	uint64_t cum = 0;
+	for (size_t i = 0; i <= STATS_CONNECT_BUCKETS; i++) {
+		cum += s->connect_hist[i];
+		if (i < STATS_CONNECT_BUCKETS)
+			evbuffer_add_printf(b, "pglane_backend_connect_seconds_bucket{le=\"%g\"} %llu\n",
+					    stats_connect_bounds[i], (unsigned long long)cum);
+		else
+			evbuffer_add_printf(b, "pglane_backend_connect_seconds_bucket{le=\"+Inf\"} %llu\n",
+					    (unsigned long long)cum);
+	}
+	evbuffer_add_printf(b, "pglane_backend_connect_seconds_sum %.6f\npglane_backend_connect_seconds_count %llu\n",
+			    s->connect_sum, (unsigned long long)s->connect_count);
+	metrics_send(req, 200, "text/plain; version=0.0.4; charset=utf-8", b);
+	evbuffer_free(b);
+}
+
+static void metrics_json_string(struct evbuffer *b, const char *s)
+{
+	evbuffer_add(b, "\"", 1);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			evbuffer_add_printf(b, "\\%c", ch);
+		else if (ch < 0x20)
+			evbuffer_add_printf(b, "\\u%04x", ch);
+		else
+			evbuffer_add(b, s, 1);
+	}
+	evbuffer_add(b, "\"", 1);
+}
+
+/* {"instances":[{"name","host","port","sslmode","apps":[...]}...],
+ *  "databases":[{"app","timeline","database","instance","state":"Connected|Creating","clients"}...],
+ *  "clients":N,"stopping":bool} */
+static void status_cb(struct evhttp_request *req, void *arg)
+{
+	struct proxy *px = arg;
+	const struct conf *c = px->snap->conf;
+	struct evbuffer *b = evbuffer_new();
+	struct conn *it, *jt;
+
+	if (!b)
+		return;
+	evbuffer_add_printf(b, "{\"instances\":[");
+	for (size_t i = 0; i < c->ninstances; i++) {
+		const struct conf_instance *in = &c->instances[i];
+		evbuffer_add_printf(b, "%s{\"name\":", i ? "," : "");
+		metrics_json_string(b, in->name);
+		evbuffer_add_printf(b, ",\"host\":");
+		metrics_json_string(b, in->host);
+		evbuffer_add_printf(b, ",\"port\":%d,\"sslmode\":\"%s\",\"state\":\"%s\",\"apps\":[", in->port,
+				    sslmode_str(in->sslmode), in->used ? "Assigned" : "Unassigned");
+		bool first = true;
+		for (size_t a = 0; a < c->napps; a++) {
+			if (c->apps[a].instance != in)
+				continue;
+			evbuffer_add_printf(b, "%s", first ? "" : ",");
+			metrics_json_string(b, c->apps[a].id);
+			first = false;
+		}
+		evbuffer_add_printf(b, "]}");
+	}
+	evbuffer_add_printf(b, "],\"databases\":[");
+	bool first = true;
+	/* One entry per database some session uses: the first session of each names it. */
+	TAILQ_FOREACH(it, &px->conns, link)
+	{
+		if (it->state != CONN_RELAY && !(it->state == CONN_CONNECT && it->be_phase == BE_PROVISION))
+			continue;
+		bool seen = false;
+		size_t n = 0;
+		TAILQ_FOREACH(jt, &px->conns, link)
+		{
+			if (jt->inst == it->inst && (jt->state == CONN_RELAY || jt->state == CONN_CONNECT) &&
+			    strcmp(jt->route.dbname, it->route.dbname) == 0) {
+				if (jt == it)
+					break;
+				seen = true;
+			}
+		}
+		if (seen)
+			continue;
+		TAILQ_FOREACH(jt, &px->conns, link)
+		n += jt->inst == it->inst && jt->state == CONN_RELAY && strcmp(jt->route.dbname, it->route.dbname) == 0;
+		char tl[TIMELINE_BRANCH_MAX + 16];
+		timeline_label(&it->route.id.tl, tl, sizeof(tl));
+		evbuffer_add_printf(b, "%s{\"app\":", first ? "" : ",");
+		metrics_json_string(b, it->route.id.app);
+		evbuffer_add_printf(b, ",\"timeline\":");
+		metrics_json_string(b, tl);
+		evbuffer_add_printf(b, ",\"database\":");
+		metrics_json_string(b, it->route.dbname);
+		evbuffer_add_printf(b, ",\"instance\":");
+		metrics_json_string(b, it->inst->name);
+		evbuffer_add_printf(b, ",\"state\":\"%s\",\"clients\":%zu}",
+				    autoprov_creating(px, it->inst, it->route.dbname) ? "Creating" : "Connected", n);
+		first = false;
+	}
+	evbuffer_add_printf(b, "],\"clients\":%zu,\"stopping\":%s}\n", px->nclients, px->stopping ? "true" : "false");
+	metrics_send(req, 200, "application/json", b);
+	evbuffer_free(b);
+}
+
+static void healthz_cb(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer *b = evbuffer_new();
+	if (!b)
+		return;
+	evbuffer_add_printf(b, "ok\n");
+	metrics_send(req, 200, "text/plain", b);
+	evbuffer_free(b);
+}
+
+static void readyz_cb(struct evhttp_request *req, void *arg)
+{
+	struct proxy *px = arg;
+	struct evbuffer *b = evbuffer_new();
+	if (!b)
+		return;
+	evbuffer_add_printf(b, px->stopping ? "shutting down\n" : "ready\n");
+	metrics_send(req, px->stopping ? 503 : 200, "text/plain", b);
+	evbuffer_free(b);
+}
+
+bool metrics_listen(struct proxy *px, const char *hostport, char *err, size_t errlen)
+{
+	char *host = NULL, *port = NULL;
+
+	if (!conf_parse_hostport(hostport, &host, &port, err, errlen))
+		return false;
+	px->http = evhttp_new(px->base);
+	bool ok = px->http && evhttp_bind_socket(px->http, host, (ev_uint16_t)atoi(port)) == 0;
+	if (!ok)
+		snprintf(err, errlen, "cannot listen for HTTP on %s", hostport);
+	else
+		log_msg(LOG_INFO, "HTTP on %s: /healthz /readyz /status /metrics", hostport);
+	free(host);
+	free(port);
+	if (!ok)
+		return false;
+	evhttp_set_allowed_methods(px->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	evhttp_set_cb(px->http, "/metrics", metrics_cb, px);
+	evhttp_set_cb(px->http, "/status", status_cb, px);
+	evhttp_set_cb(px->http, "/healthz", healthz_cb, px);
+	evhttp_set_cb(px->http, "/readyz", readyz_cb, px);
+	return true;
+}
+
+void metrics_free(struct proxy *px)
+{
+	if (px->http)
+		evhttp_free(px->http);
+	px->http = NULL;
+}
