@@ -344,6 +344,19 @@ static void fe_auth_failed(struct conn *c, const char *why)
 	conn_fail(c, "28P01", "authentication failed", "password authentication failed for user \"%s\"", user);
 }
 
+/* Sessions of c's app past authentication, c included (a walk over the list: logins only, not the relay). */
+static size_t fe_app_sessions(const struct conn *c)
+{
+	size_t n = 0;
+	const struct conn *it;
+
+	for (int list = 0; list < 2; list++)
+		TAILQ_FOREACH(it, list ? &c->px->paused : &c->px->conns, link)
+		n += it->route.app && !it->admin && (it->state >= CONN_CONNECT || it == c) &&
+		     strcmp(it->route.id.app, c->route.id.app) == 0;
+	return n;
+}
+
 static void fe_auth_done(struct conn *c)
 {
 	struct pgbuf b = {0};
@@ -357,6 +370,12 @@ static void fe_auth_done(struct conn *c)
 	if (c->route_res == ROUTE_DB_NOT_ALLOWED) {
 		c->px->stats.auth_fail_database++;
 		conn_fail(c, "42501", "database not allowed", "%s", c->route_err);
+		return;
+	}
+	if (!c->admin && c->route.app->max_clients > 0 && fe_app_sessions(c) > (size_t)c->route.app->max_clients) {
+		c->px->stats.refused_too_many++;
+		conn_fail(c, "53300", "too many clients for the app", "too many clients for app \"%s\" (max_clients = %d)",
+			  c->route.id.app, c->route.app->max_clients);
 		return;
 	}
 	pg_put_auth(&b, PG_AUTH_OK, NULL, 0);
