@@ -5,8 +5,8 @@
  * carrying a NUL, and is then parsed with a cursor that never reads past its end.  Anything PostgreSQL
  * does not send (authorization identities, extensions, channel binding types other than
  * tls-server-end-point) is refused rather than skipped.  An exchange that fails once stays failed, so a
- * caller cannot retry a proof against the same nonce.  The error texts never quote a message: they end
- * up in logs, and messages carry proofs.
+ * caller cannot retry a proof against the same nonce.  The error texts end up in logs, so they never
+ * quote a message (messages carry proofs); the one exception is a server's short e= error code.
  */
 #include "auth/scram.h"
 
@@ -24,15 +24,15 @@
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
-#define SCRAM_MECH "SCRAM-SHA-256"
-#define SCRAM_MECH_PLUS "SCRAM-SHA-256-PLUS"
-#define SCRAM_CBIND_TYPE "tls-server-end-point"
-#define SCRAM_GS2_MAX 32		/* "p=tls-server-end-point,," is the longest header accepted */
-#define SCRAM_NONCE_RAW 18		/* random bytes in a nonce, 24 characters in base64 */
-#define SCRAM_NONCE_MAX 64		/* characters of our own nonce (the test hook may set one) */
-#define SCRAM_SALT_MAX 64		/* bytes of salt accepted from a server */
-#define SCRAM_ITERATIONS_MAX 10000000	/* caps the PBKDF2 work a server can ask of us */
-#define SCRAM_CACHE_SIZE 64
+#define SCRAM_MECH           "SCRAM-SHA-256"
+#define SCRAM_MECH_PLUS      "SCRAM-SHA-256-PLUS"
+#define SCRAM_CBIND_TYPE     "tls-server-end-point"
+#define SCRAM_GS2_MAX        32       /* "p=tls-server-end-point,," is the longest header accepted */
+#define SCRAM_NONCE_RAW      18       /* random bytes in a nonce, 24 characters in base64 */
+#define SCRAM_NONCE_MAX      64       /* characters of our own nonce (the test hook may set one) */
+#define SCRAM_SALT_MAX       64       /* bytes of salt accepted from a server */
+#define SCRAM_ITERATIONS_MAX 10000000 /* caps the PBKDF2 work a server can ask of us */
+#define SCRAM_CACHE_SIZE     64
 
 enum scram_state {
 	SCRAM_STATE_INIT,  /* nothing exchanged yet */
@@ -44,38 +44,38 @@ enum scram_state {
 
 struct scram_server {
 	enum scram_state state;
-	struct scram_secret secret;	      /* copied; cleansed on free */
-	uint8_t cbind[EVP_MAX_MD_SIZE];	      /* tls-server-end-point hash of our certificate */
-	size_t cbind_len;		      /* 0 without TLS: -PLUS was not offered */
-	bool plus;			      /* the client chose SCRAM-SHA-256-PLUS */
+	struct scram_secret secret;     /* copied; cleansed on free */
+	uint8_t cbind[EVP_MAX_MD_SIZE]; /* tls-server-end-point hash of our certificate */
+	size_t cbind_len;               /* 0 without TLS: -PLUS was not offered */
+	bool plus;                      /* the client chose SCRAM-SHA-256-PLUS */
 	char server_nonce[SCRAM_NONCE_MAX + 1];
-	char gs2_header[SCRAM_GS2_MAX];	      /* as the client sent it, e.g. "n,," */
+	char gs2_header[SCRAM_GS2_MAX]; /* as the client sent it, e.g. "n,," */
 	char client_first_bare[SCRAM_MSG_MAX];
-	char server_first[SCRAM_MSG_MAX];     /* "r=" and the nonce come first */
-	size_t nonce_len;		      /* client nonce and server nonce, at server_first + 2 */
+	char server_first[SCRAM_MSG_MAX]; /* "r=" and the nonce come first */
+	size_t nonce_len;                 /* client nonce and server nonce, at server_first + 2 */
 };
 
 struct scram_cache_entry {
 	bool used;
-	uint8_t key[SHA256_DIGEST_LENGTH];  /* SHA-256(password NUL salt iterations) */
-	uint8_t salted[SCRAM_KEY_LEN];	    /* SaltedPassword */
+	uint8_t key[SHA256_DIGEST_LENGTH]; /* SHA-256(password NUL salt iterations) */
+	uint8_t salted[SCRAM_KEY_LEN];     /* SaltedPassword */
 };
 
 struct scram_cache {
 	pthread_mutex_t lock;
 	struct scram_cache_entry entries[SCRAM_CACHE_SIZE]; /* cleansed on free */
-	size_t next;					    /* the entry replaced next (round robin) */
+	size_t next;                                        /* the entry replaced next (round robin) */
 	uint64_t hits;
 	uint64_t misses;
 };
 
 struct scram_client {
 	enum scram_state state;
-	char *password;			    /* owned; cleansed on free */
-	struct scram_cache *cache;	    /* borrowed, may be NULL */
-	char nonce[SCRAM_NONCE_MAX + 1];    /* our part of the nonce */
+	char *password;                  /* owned; cleansed on free */
+	struct scram_cache *cache;       /* borrowed, may be NULL */
+	char nonce[SCRAM_NONCE_MAX + 1]; /* our part of the nonce */
 	char gs2_header[SCRAM_GS2_MAX];
-	uint8_t cbind[EVP_MAX_MD_SIZE];	    /* the server certificate's hash, when -PLUS was chosen */
+	uint8_t cbind[EVP_MAX_MD_SIZE]; /* the server certificate's hash, when -PLUS was chosen */
 	size_t cbind_len;
 	char client_first_bare[SCRAM_MSG_MAX];
 	uint8_t server_signature[SCRAM_KEY_LEN]; /* expected in the server-final-message; cleansed on free */
@@ -83,7 +83,7 @@ struct scram_client {
 
 /* A reading position in a message that is not NUL-terminated. */
 struct cursor {
-	const char *p;	 /* borrowed: the next byte */
+	const char *p;   /* borrowed: the next byte */
 	const char *end; /* borrowed: one past the last byte */
 };
 
@@ -114,7 +114,7 @@ static bool message_check(const uint8_t *msg, size_t len, char *err, size_t errl
 
 /* Reads "name=value"; the value runs to the next ',' or the end, where the cursor is left. */
 static bool cursor_read_attr(struct cursor *cur, char name, const char **val, size_t *vlen, char *err,
-			     size_t errlen)
+                             size_t errlen)
 {
 	const char *comma;
 
@@ -149,8 +149,8 @@ static bool cursor_at_end(const struct cursor *cur, char *err, size_t errlen)
 	return true;
 }
 
-/* RFC 5802's "printable": visible ASCII except ','.  Values never hold ',' (it ends them). */
-static bool nonce_valid(const char *s, size_t len)
+/* RFC 5802's "printable" (what a nonce is made of): visible ASCII except ','. */
+static bool value_printable(const char *s, size_t len)
 {
 	if (len == 0)
 		return false;
@@ -187,8 +187,8 @@ static bool b64_decode(const char *in, size_t inlen, uint8_t *out, size_t outmax
 		pad = in[inlen - 2] == '=' ? 2 : 1;
 	for (size_t i = 0; i < inlen - pad; i++) {
 		char ch = in[i];
-		if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '+' ||
-		      ch == '/'))
+		if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+		      ch == '+' || ch == '/'))
 			return false;
 	}
 	n = EVP_DecodeBlock(tmp, (const unsigned char *)in, (int)inlen);
@@ -213,7 +213,7 @@ static bool nonce_set(char dst[SCRAM_NONCE_MAX + 1], const char *nonce)
 {
 	size_t len = nonce ? strlen(nonce) : 0;
 
-	if (len > SCRAM_NONCE_MAX || !nonce_valid(nonce, len))
+	if (len > SCRAM_NONCE_MAX || !value_printable(nonce, len))
 		return false;
 	memcpy(dst, nonce, len + 1);
 	return true;
@@ -221,7 +221,8 @@ static bool nonce_set(char dst[SCRAM_NONCE_MAX + 1], const char *nonce)
 
 /* ---------------------------------------------------------------- keys */
 
-static bool hmac_sha256(const uint8_t *key, size_t keylen, const void *msg, size_t len, uint8_t out[SCRAM_KEY_LEN])
+static bool hmac_sha256(const uint8_t *key, size_t keylen, const void *msg, size_t len,
+                        uint8_t out[SCRAM_KEY_LEN])
 {
 	unsigned int n = 0;
 
@@ -230,19 +231,19 @@ static bool hmac_sha256(const uint8_t *key, size_t keylen, const void *msg, size
 
 /* SaltedPassword := Hi(password, salt, i), which is PBKDF2 with HMAC-SHA-256. */
 static bool salted_password_make(const char *password, const uint8_t *salt, size_t saltlen, int iterations,
-				 uint8_t out[SCRAM_KEY_LEN])
+                                 uint8_t out[SCRAM_KEY_LEN])
 {
 	size_t pwlen = strlen(password);
 
 	if (pwlen > INT_MAX || saltlen > INT_MAX || iterations < 1)
 		return false;
-	return PKCS5_PBKDF2_HMAC(password, (int)pwlen, salt, (int)saltlen, iterations, EVP_sha256(), SCRAM_KEY_LEN,
-				 out) == 1;
+	return PKCS5_PBKDF2_HMAC(password, (int)pwlen, salt, (int)saltlen, iterations, EVP_sha256(),
+	                         SCRAM_KEY_LEN, out) == 1;
 }
 
 /* ClientKey, StoredKey and ServerKey from SaltedPassword (RFC 5802 section 3). */
 static bool keys_make(const uint8_t salted[SCRAM_KEY_LEN], uint8_t client_key[SCRAM_KEY_LEN],
-		      uint8_t stored_key[SCRAM_KEY_LEN], uint8_t server_key[SCRAM_KEY_LEN])
+                      uint8_t stored_key[SCRAM_KEY_LEN], uint8_t server_key[SCRAM_KEY_LEN])
 {
 	return hmac_sha256(salted, SCRAM_KEY_LEN, "Client Key", 10, client_key) &&
 	       SHA256(client_key, SCRAM_KEY_LEN, stored_key) != NULL &&
@@ -251,15 +252,16 @@ static bool keys_make(const uint8_t salted[SCRAM_KEY_LEN], uint8_t client_key[SC
 
 /* AuthMessage := client-first-message-bare "," server-first-message "," client-final-message-without-proof,
  * into out (3 * SCRAM_MSG_MAX bytes, enough for three messages); returns its length. */
-static size_t auth_message_format(char out[3 * SCRAM_MSG_MAX], const char *first_bare, const char *server_first,
-				  size_t server_first_len, const char *final, size_t final_len)
+static size_t auth_message_format(char out[3 * SCRAM_MSG_MAX], const char *first_bare,
+                                  const char *server_first, size_t server_first_len, const char *final,
+                                  size_t final_len)
 {
 	return (size_t)snprintf(out, 3 * SCRAM_MSG_MAX, "%s,%.*s,%.*s", first_bare, (int)server_first_len,
-				server_first, (int)final_len, final);
+	                        server_first, (int)final_len, final);
 }
 
 bool scram_secret_make(const char *password, const uint8_t *salt, size_t saltlen, int iterations,
-		       struct scram_secret *out)
+                       struct scram_secret *out)
 {
 	uint8_t salted[SCRAM_KEY_LEN], client_key[SCRAM_KEY_LEN];
 	bool ok;
@@ -278,7 +280,7 @@ bool scram_secret_make(const char *password, const uint8_t *salt, size_t saltlen
 /* ---------------------------------------------------------------- server side */
 
 struct scram_server *scram_server_new(const struct scram_secret *secret, const uint8_t *cbind_data,
-				      size_t cbind_len)
+                                      size_t cbind_len)
 {
 	struct scram_server *s;
 
@@ -340,8 +342,9 @@ static bool server_read_gs2_header(struct scram_server *s, struct cursor *cur, c
 		if (!cursor_read_attr(cur, 'p', &name, &namelen, err, errlen))
 			return false;
 		if (namelen != strlen(SCRAM_CBIND_TYPE) || memcmp(name, SCRAM_CBIND_TYPE, namelen) != 0)
-			return fail(err, errlen, "unsupported SCRAM channel binding type (only %s is supported)",
-				    SCRAM_CBIND_TYPE);
+			return fail(err, errlen,
+			            "unsupported SCRAM channel binding type (only %s is supported)",
+			            SCRAM_CBIND_TYPE);
 	} else if (flag == 'n' || flag == 'y') {
 		cur->p++;
 	} else {
@@ -356,14 +359,15 @@ static bool server_read_gs2_header(struct scram_server *s, struct cursor *cur, c
 
 	if (s->plus) {
 		if (flag != 'p')
-			return fail(err, errlen, "the client chose %s but sent no channel binding", SCRAM_MECH_PLUS);
+			return fail(err, errlen, "the client chose %s but sent no channel binding",
+			            SCRAM_MECH_PLUS);
 	} else if (flag == 'p') {
 		return fail(err, errlen, "the client chose %s but sent channel binding data", SCRAM_MECH);
 	} else if (flag == 'y' && s->cbind_len > 0) {
 		return fail(err, errlen,
-			    "SCRAM channel binding downgrade: the client supports channel binding and %s was offered, "
-			    "but the client says the server does not support it",
-			    SCRAM_MECH_PLUS);
+		            "SCRAM channel binding downgrade: %s was offered, but the client that supports "
+		            "channel binding says the server does not",
+		            SCRAM_MECH_PLUS);
 	}
 	memcpy(s->gs2_header, start, (size_t)(cur->p - start)); /* at most "p=tls-server-end-point,," */
 	s->gs2_header[cur->p - start] = '\0';
@@ -371,7 +375,7 @@ static bool server_read_gs2_header(struct scram_server *s, struct cursor *cur, c
 }
 
 bool scram_server_first(struct scram_server *s, const char *mech, const uint8_t *msg, size_t len, char *out,
-			size_t outlen, char *err, size_t errlen)
+                        size_t outlen, char *err, size_t errlen)
 {
 	struct cursor cur = {(const char *)msg, (const char *)msg + len};
 	const char *bare, *user, *cnonce;
@@ -385,11 +389,12 @@ bool scram_server_first(struct scram_server *s, const char *mech, const uint8_t 
 
 	if (mech != NULL && strcmp(mech, SCRAM_MECH_PLUS) == 0) {
 		if (s->cbind_len == 0)
-			return fail(err, errlen, "the client chose %s, which was not offered", SCRAM_MECH_PLUS);
+			return fail(err, errlen, "the client chose %s, which was not offered",
+			            SCRAM_MECH_PLUS);
 		s->plus = true;
 	} else if (mech == NULL || strcmp(mech, SCRAM_MECH) != 0) {
-		return fail(err, errlen, "unsupported SASL mechanism (only %s and %s are supported)", SCRAM_MECH,
-			    SCRAM_MECH_PLUS);
+		return fail(err, errlen, "unsupported SASL mechanism (only %s and %s are supported)",
+		            SCRAM_MECH, SCRAM_MECH_PLUS);
 	}
 	if (!message_check(msg, len, err, errlen) || !server_read_gs2_header(s, &cur, err, errlen))
 		return false;
@@ -398,18 +403,21 @@ bool scram_server_first(struct scram_server *s, const char *mech, const uint8_t 
 	if (cursor_peek(&cur, 'm'))
 		return fail(err, errlen, "mandatory SCRAM extensions are not supported");
 	/* PostgreSQL takes the user name from the StartupMessage, so n= is read and ignored. */
-	if (!cursor_read_attr(&cur, 'n', &user, &userlen, err, errlen) || !cursor_skip_comma(&cur, err, errlen) ||
-	    !cursor_read_attr(&cur, 'r', &cnonce, &cnoncelen, err, errlen) || !cursor_at_end(&cur, err, errlen))
+	if (!cursor_read_attr(&cur, 'n', &user, &userlen, err, errlen) ||
+	    !cursor_skip_comma(&cur, err, errlen) ||
+	    !cursor_read_attr(&cur, 'r', &cnonce, &cnoncelen, err, errlen) ||
+	    !cursor_at_end(&cur, err, errlen))
 		return false;
-	if (!nonce_valid(cnonce, cnoncelen))
-		return fail(err, errlen, "malformed SCRAM message: the client nonce is empty or not printable");
+	if (!value_printable(cnonce, cnoncelen))
+		return fail(err, errlen,
+		            "malformed SCRAM message: the client nonce is empty or not printable");
 
 	memcpy(s->client_first_bare, bare, (size_t)(cur.end - bare)); /* shorter than the message */
 	s->client_first_bare[cur.end - bare] = '\0';
 	if (!b64_encode(s->secret.salt, SCRAM_SALT_LEN, salt, sizeof salt))
 		return fail(err, errlen, "SCRAM: base64 encoding failed");
 	n = snprintf(s->server_first, sizeof s->server_first, "r=%.*s%s,s=%s,i=%d", (int)cnoncelen, cnonce,
-		     s->server_nonce, salt, s->secret.iterations);
+	             s->server_nonce, salt, s->secret.iterations);
 	if (n < 0 || (size_t)n >= sizeof s->server_first)
 		return fail(err, errlen, "malformed SCRAM message: the client nonce is too long");
 	s->nonce_len = cnoncelen + strlen(s->server_nonce);
@@ -422,7 +430,7 @@ bool scram_server_first(struct scram_server *s, const char *mech, const uint8_t 
 
 /* Checks the decoded c= attribute: the gs2 header again, followed by our certificate hash with -PLUS. */
 static bool server_check_cbind(const struct scram_server *s, const char *val, size_t vlen, char *err,
-			       size_t errlen)
+                               size_t errlen)
 {
 	uint8_t got[SCRAM_GS2_MAX + EVP_MAX_MD_SIZE];
 	size_t gotlen, gs2len = strlen(s->gs2_header);
@@ -436,7 +444,7 @@ static bool server_check_cbind(const struct scram_server *s, const char *val, si
 }
 
 bool scram_server_final(struct scram_server *s, const uint8_t *msg, size_t len, char *out, size_t outlen,
-			char *err, size_t errlen)
+                        char *err, size_t errlen)
 {
 	struct cursor cur = {(const char *)msg, (const char *)msg + len};
 	const char *cbind, *nonce, *proof_b64;
@@ -450,14 +458,16 @@ bool scram_server_final(struct scram_server *s, const uint8_t *msg, size_t len, 
 		return fail(err, errlen, "SCRAM exchange out of order");
 	s->state = SCRAM_STATE_FAILED;
 
-	if (!message_check(msg, len, err, errlen) || !cursor_read_attr(&cur, 'c', &cbind, &cbindlen, err, errlen) ||
+	if (!message_check(msg, len, err, errlen) ||
+	    !cursor_read_attr(&cur, 'c', &cbind, &cbindlen, err, errlen) ||
 	    !server_check_cbind(s, cbind, cbindlen, err, errlen) || !cursor_skip_comma(&cur, err, errlen) ||
 	    !cursor_read_attr(&cur, 'r', &nonce, &noncelen, err, errlen))
 		return false;
 	if (noncelen != s->nonce_len || memcmp(nonce, s->server_first + 2, noncelen) != 0)
 		return fail(err, errlen, "SCRAM nonce mismatch");
 	final_len = (size_t)(cur.p - (const char *)msg);
-	if (!cursor_skip_comma(&cur, err, errlen) || !cursor_read_attr(&cur, 'p', &proof_b64, &proof_b64len, err, errlen) ||
+	if (!cursor_skip_comma(&cur, err, errlen) ||
+	    !cursor_read_attr(&cur, 'p', &proof_b64, &proof_b64len, err, errlen) ||
 	    !cursor_at_end(&cur, err, errlen))
 		return false;
 	if (!b64_decode(proof_b64, proof_b64len, proof, sizeof proof, &prooflen) || prooflen != SCRAM_KEY_LEN)
@@ -466,7 +476,7 @@ bool scram_server_final(struct scram_server *s, const uint8_t *msg, size_t len, 
 	/* ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage); the proof holds when H(ClientKey) is
 	 * the StoredKey. */
 	auth_len = auth_message_format(auth, s->client_first_bare, s->server_first, strlen(s->server_first),
-				       (const char *)msg, final_len);
+	                               (const char *)msg, final_len);
 	if (!hmac_sha256(s->secret.stored_key, SCRAM_KEY_LEN, auth, auth_len, client_sig) ||
 	    !hmac_sha256(s->secret.server_key, SCRAM_KEY_LEN, auth, auth_len, server_sig)) {
 		fail(err, errlen, "SCRAM: HMAC-SHA-256 failed");
@@ -530,14 +540,15 @@ void scram_cache_stats(struct scram_cache *c, uint64_t *hits, uint64_t *misses)
 /* The cache key: SHA-256(password NUL salt iterations).  The NUL (never inside a C string) and the
  * fixed-size iteration count at the end keep different triples from running together. */
 static bool cache_key_make(const char *password, const uint8_t *salt, size_t saltlen, int iterations,
-			   uint8_t key[SHA256_DIGEST_LENGTH])
+                           uint8_t key[SHA256_DIGEST_LENGTH])
 {
 	const uint8_t iter[4] = {(uint8_t)(iterations >> 24), (uint8_t)(iterations >> 16),
-				 (uint8_t)(iterations >> 8), (uint8_t)iterations};
+	                         (uint8_t)(iterations >> 8), (uint8_t)iterations};
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
-		  EVP_DigestUpdate(ctx, password, strlen(password) + 1) && EVP_DigestUpdate(ctx, salt, saltlen) &&
-		  EVP_DigestUpdate(ctx, iter, sizeof iter) && EVP_DigestFinal_ex(ctx, key, NULL);
+	          EVP_DigestUpdate(ctx, password, strlen(password) + 1) &&
+	          EVP_DigestUpdate(ctx, salt, saltlen) && EVP_DigestUpdate(ctx, iter, sizeof iter) &&
+	          EVP_DigestFinal_ex(ctx, key, NULL);
 
 	EVP_MD_CTX_free(ctx);
 	return ok;
@@ -546,7 +557,7 @@ static bool cache_key_make(const char *password, const uint8_t *salt, size_t sal
 /* SaltedPassword from the cache, or computed and remembered.  PBKDF2 runs outside the lock, so two
  * threads missing on the same key both compute it; the duplicate entry is harmless. */
 static bool cache_salted_password(struct scram_cache *c, const char *password, const uint8_t *salt,
-				  size_t saltlen, int iterations, uint8_t out[SCRAM_KEY_LEN])
+                                  size_t saltlen, int iterations, uint8_t out[SCRAM_KEY_LEN])
 {
 	uint8_t key[SHA256_DIGEST_LENGTH];
 	bool found = false;
@@ -618,9 +629,9 @@ bool scram_client_set_nonce(struct scram_client *c, const char *nonce)
 	return c->state == SCRAM_STATE_INIT && nonce_set(c->nonce, nonce);
 }
 
-bool scram_client_first(struct scram_client *c, const uint8_t *mechs, size_t mechs_len, const uint8_t *cbind_data,
-			size_t cbind_len, char *mech_out, size_t mech_outlen, char *out, size_t outlen,
-			size_t *out_used, char *err, size_t errlen)
+bool scram_client_first(struct scram_client *c, const uint8_t *mechs, size_t mechs_len,
+                        const uint8_t *cbind_data, size_t cbind_len, char *mech_out, size_t mech_outlen,
+                        char *out, size_t outlen, size_t *out_used, char *err, size_t errlen)
 {
 	bool plain = false, plus = false;
 	const char *mech;
@@ -631,7 +642,8 @@ bool scram_client_first(struct scram_client *c, const uint8_t *mechs, size_t mec
 		return fail(err, errlen, "SCRAM exchange out of order");
 	c->state = SCRAM_STATE_FAILED;
 	if (cbind_data != NULL && (cbind_len == 0 || cbind_len > EVP_MAX_MD_SIZE))
-		return fail(err, errlen, "SCRAM channel binding data of %zu bytes is not a certificate hash", cbind_len);
+		return fail(err, errlen, "SCRAM channel binding data of %zu bytes is not a certificate hash",
+		            cbind_len);
 
 	for (;;) {
 		const uint8_t *nul = i < mechs_len ? memchr(mechs + i, '\0', mechs_len - i) : NULL;
@@ -659,7 +671,8 @@ bool scram_client_first(struct scram_client *c, const uint8_t *mechs, size_t mec
 	} else if (plus) {
 		return fail(err, errlen, "the server requires SCRAM channel binding, which needs TLS");
 	} else {
-		return fail(err, errlen, "the server offers no SASL mechanism pglane supports (%s)", SCRAM_MECH);
+		return fail(err, errlen, "the server offers no SASL mechanism pglane supports (%s)",
+		            SCRAM_MECH);
 	}
 	if (strlen(mech) >= mech_outlen)
 		return fail(err, errlen, "SASL mechanism name does not fit the output buffer");
@@ -694,7 +707,7 @@ static bool iterations_parse(const char *val, size_t len, int *out)
 }
 
 bool scram_client_final(struct scram_client *c, const uint8_t *msg, size_t len, char *out, size_t outlen,
-			size_t *out_used, char *err, size_t errlen)
+                        size_t *out_used, char *err, size_t errlen)
 {
 	struct cursor cur = {(const char *)msg, (const char *)msg + len};
 	const char *nonce, *salt_b64, *iter;
@@ -714,18 +727,22 @@ bool scram_client_final(struct scram_client *c, const uint8_t *msg, size_t len, 
 	if (!message_check(msg, len, err, errlen))
 		return false;
 	if (cursor_peek(&cur, 'm'))
-		return fail(err, errlen, "the server sent a mandatory SCRAM extension, which is not supported");
-	if (!cursor_read_attr(&cur, 'r', &nonce, &noncelen, err, errlen) || !cursor_skip_comma(&cur, err, errlen) ||
+		return fail(err, errlen,
+		            "the server sent a mandatory SCRAM extension, which is not supported");
+	if (!cursor_read_attr(&cur, 'r', &nonce, &noncelen, err, errlen) ||
+	    !cursor_skip_comma(&cur, err, errlen) ||
 	    !cursor_read_attr(&cur, 's', &salt_b64, &salt_b64len, err, errlen) ||
-	    !cursor_skip_comma(&cur, err, errlen) || !cursor_read_attr(&cur, 'i', &iter, &iterlen, err, errlen) ||
-	    !cursor_at_end(&cur, err, errlen))
+	    !cursor_skip_comma(&cur, err, errlen) ||
+	    !cursor_read_attr(&cur, 'i', &iter, &iterlen, err, errlen) || !cursor_at_end(&cur, err, errlen))
 		return false;
-	if (noncelen <= cnoncelen || memcmp(nonce, c->nonce, cnoncelen) != 0 || !nonce_valid(nonce, noncelen))
+	if (noncelen <= cnoncelen || memcmp(nonce, c->nonce, cnoncelen) != 0 ||
+	    !value_printable(nonce, noncelen))
 		return fail(err, errlen, "the server's SCRAM nonce does not extend ours");
 	if (!b64_decode(salt_b64, salt_b64len, salt, sizeof salt, &saltlen))
 		return fail(err, errlen, "malformed SCRAM message: bad salt attribute");
 	if (!iterations_parse(iter, iterlen, &iterations))
-		return fail(err, errlen, "SCRAM iteration count is not a number in 1..%d", SCRAM_ITERATIONS_MAX);
+		return fail(err, errlen, "SCRAM iteration count is not a number in 1..%d",
+		            SCRAM_ITERATIONS_MAX);
 
 	/* client-final-message-without-proof: c=base64(gs2 header [cbind data]),r=nonce */
 	memcpy(cbind, c->gs2_header, gs2len);
@@ -780,7 +797,8 @@ bool scram_client_verify(struct scram_client *c, const uint8_t *msg, size_t len,
 	if (!message_check(msg, len, err, errlen))
 		return false;
 	if (cursor_peek(&cur, 'e')) {
-		if (!cursor_read_attr(&cur, 'e', &val, &vlen, err, errlen) || !nonce_valid(val, vlen) || vlen > 64)
+		if (!cursor_read_attr(&cur, 'e', &val, &vlen, err, errlen) || !value_printable(val, vlen) ||
+		    vlen > 64)
 			return fail(err, errlen, "the server refused the SCRAM exchange");
 		return fail(err, errlen, "the server refused the SCRAM exchange: %.*s", (int)vlen, val);
 	}
@@ -789,7 +807,8 @@ bool scram_client_verify(struct scram_client *c, const uint8_t *msg, size_t len,
 	if (!b64_decode(val, vlen, sig, sizeof sig, &siglen) || siglen != SCRAM_KEY_LEN)
 		return fail(err, errlen, "malformed SCRAM message: bad verifier attribute");
 	if (CRYPTO_memcmp(sig, c->server_signature, SCRAM_KEY_LEN) != 0)
-		return fail(err, errlen, "the server's SCRAM signature is wrong: it does not know the password");
+		return fail(err, errlen,
+		            "the server's SCRAM signature is wrong: it does not know the password");
 	c->state = SCRAM_STATE_DONE;
 	return true;
 }
@@ -803,7 +822,7 @@ static bool md5_hex(const void *a, size_t alen, const void *b, size_t blen, char
 	uint8_t md[16];
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_md5(), NULL) && EVP_DigestUpdate(ctx, a, alen) &&
-		  EVP_DigestUpdate(ctx, b, blen) && EVP_DigestFinal_ex(ctx, md, NULL);
+	          EVP_DigestUpdate(ctx, b, blen) && EVP_DigestFinal_ex(ctx, md, NULL);
 
 	EVP_MD_CTX_free(ctx);
 	if (!ok)
@@ -822,15 +841,16 @@ void auth_md5_response(const char *password, const char *user, const uint8_t sal
 	char inner[33];
 
 	memcpy(out, "md5", 3);
-	if (!md5_hex(password, strlen(password), user, strlen(user), inner) || !md5_hex(inner, 32, salt, 4, out + 3))
+	if (!md5_hex(password, strlen(password), user, strlen(user), inner) ||
+	    !md5_hex(inner, 32, salt, 4, out + 3))
 		out[0] = '\0';
 	OPENSSL_cleanse(inner, sizeof inner);
 }
 
 size_t scram_cert_endpoint_hash(const void *x509, uint8_t *out, size_t outlen)
 {
-	/* X509_get_signature_info() takes a non-const certificate only to fill its cache of extensions; it
-	 * also sees through RSA-PSS parameters to the real digest, as PostgreSQL does since 15.4. */
+	/* X509_get_signature_info() takes a non-const certificate only to fill its cache of extensions.
+	 * Unlike OBJ_find_sigid_algs() it also sees through RSA-PSS parameters to the real digest. */
 	X509 *cert = (X509 *)x509;
 	const EVP_MD *md;
 	unsigned int n = 0;

@@ -12,30 +12,31 @@
 #include <openssl/evp.h>
 
 #define TOKEN_PREFIX "pgl_"
-#define TOKEN_LABEL "pglane-token-v1"
+#define TOKEN_LABEL  "pglane-token-v1"
 
 /* HMAC-SHA-256(secret, label NUL app NUL timeline_key) into mac. */
 static bool token_hmac(const char *secret, const char *app, const char *timeline_key, unsigned char mac[32])
 {
 	OSSL_PARAM params[] = {
-		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
-		OSSL_PARAM_construct_end(),
+	    OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+	    OSSL_PARAM_construct_end(),
 	};
 	EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
 	EVP_MAC_CTX *ctx = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
 	size_t maclen = 0;
 	bool ok = ctx && EVP_MAC_init(ctx, (const unsigned char *)secret, strlen(secret), params) &&
-		  EVP_MAC_update(ctx, (const unsigned char *)TOKEN_LABEL, sizeof TOKEN_LABEL) &&
-		  EVP_MAC_update(ctx, (const unsigned char *)app, strlen(app) + 1) &&
-		  EVP_MAC_update(ctx, (const unsigned char *)timeline_key, strlen(timeline_key)) &&
-		  EVP_MAC_final(ctx, mac, &maclen, 32) && maclen == 32;
+	          EVP_MAC_update(ctx, (const unsigned char *)TOKEN_LABEL, sizeof TOKEN_LABEL) &&
+	          EVP_MAC_update(ctx, (const unsigned char *)app, strlen(app) + 1) &&
+	          EVP_MAC_update(ctx, (const unsigned char *)timeline_key, strlen(timeline_key)) &&
+	          EVP_MAC_final(ctx, mac, &maclen, 32) && maclen == 32;
 
 	EVP_MAC_CTX_free(ctx);
 	EVP_MAC_free(hmac);
 	return ok;
 }
 
-bool auth_token_derive(const char *secret, const char *app, const char *timeline_key, char *out, size_t outlen)
+bool auth_token_derive(const char *secret, const char *app, const char *timeline_key, char *out,
+                       size_t outlen)
 {
 	unsigned char mac[32];
 	char b64[45]; /* 32 bytes are 44 base64 characters, the last one '=' */

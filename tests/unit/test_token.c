@@ -16,9 +16,9 @@
 static const struct {
 	const char *secret, *app, *timeline_key, *token;
 } known[] = {
-	{"s3cr3t", "myapp", "production", "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930"},
-	{"s3cr3t", "myapp", "branch:feature/x", "pgl_UXoqjDZBD-8vCJv8bo0jhKD4mAHewCTqmPh-gMZIv0w"},
-	{"", "a", "preview", "pgl_7mNiDJdYbAuBBJG9R0nxM8Hq61yz8deQzhlqGYbSYgk"},
+    {"s3cr3t", "myapp", "production", "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930"},
+    {"s3cr3t", "myapp", "branch:feature/x", "pgl_UXoqjDZBD-8vCJv8bo0jhKD4mAHewCTqmPh-gMZIv0w"},
+    {"", "a", "preview", "pgl_7mNiDJdYbAuBBJG9R0nxM8Hq61yz8deQzhlqGYbSYgk"},
 };
 
 static void test_known_answers(void **state)
@@ -26,7 +26,8 @@ static void test_known_answers(void **state)
 	for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
 		char tok[AUTH_TOKEN_LEN + 1];
 
-		assert_true(auth_token_derive(known[i].secret, known[i].app, known[i].timeline_key, tok, sizeof tok));
+		assert_true(
+		    auth_token_derive(known[i].secret, known[i].app, known[i].timeline_key, tok, sizeof tok));
 		assert_string_equal(tok, known[i].token);
 	}
 }
@@ -39,7 +40,7 @@ static void test_format(void **state)
 	assert_int_equal(strlen(tok), AUTH_TOKEN_LEN);
 	assert_memory_equal(tok, "pgl_", 4);
 	assert_int_equal(strspn(tok, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"),
-			 AUTH_TOKEN_LEN);
+	                 AUTH_TOKEN_LEN);
 }
 
 static void test_deterministic(void **state)
@@ -57,15 +58,16 @@ static void test_inputs_matter(void **state)
 	static const struct {
 		const char *secret, *app, *timeline_key;
 	} cases[] = {
-		{"secret", "app", "production"},  {"secret", "app", "preview"},	  {"secret", "app2", "production"},
-		{"secret2", "app", "production"}, {"secret", "ap", "pproduction"}, {"secret", "app", "branch:x"},
-		{"secret", "app", "branch:y"},
+	    {"secret", "app", "production"},  {"secret", "app", "preview"},
+	    {"secret", "app2", "production"}, {"secret2", "app", "production"},
+	    {"secret", "ap", "pproduction"},  {"secret", "app", "branch:x"},
+	    {"secret", "app", "branch:y"},
 	};
 	char toks[sizeof cases / sizeof cases[0]][AUTH_TOKEN_LEN + 1];
 
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		assert_true(auth_token_derive(cases[i].secret, cases[i].app, cases[i].timeline_key, toks[i],
-					      sizeof toks[i]));
+		                              sizeof toks[i]));
 		for (size_t j = 0; j < i; j++)
 			assert_string_not_equal(toks[i], toks[j]);
 	}
@@ -84,12 +86,16 @@ static void test_equal(void **state)
 		const char *presented, *expected;
 		bool equal;
 	} cases[] = {
-		{"pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", true},
-		{"pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf931", "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
-		{"pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf93", "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
-		{"pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf9300", "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
-		{"", "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
-		{NULL, "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
+	    {"pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930",
+	     "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", true},
+	    {"pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf931",
+	     "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
+	    {"pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf93",
+	     "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
+	    {"pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf9300",
+	     "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
+	    {"", "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
+	    {NULL, "pgl_6bz8BW8qF5If9zawsfbrKhCj9ZhAL4xkKx-bMLkf930", false},
 	};
 
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -99,9 +105,9 @@ static void test_equal(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_known_answers), cmocka_unit_test(test_format),
-		cmocka_unit_test(test_deterministic), cmocka_unit_test(test_inputs_matter),
-		cmocka_unit_test(test_small_buffer),  cmocka_unit_test(test_equal),
+	    cmocka_unit_test(test_known_answers), cmocka_unit_test(test_format),
+	    cmocka_unit_test(test_deterministic), cmocka_unit_test(test_inputs_matter),
+	    cmocka_unit_test(test_small_buffer),  cmocka_unit_test(test_equal),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
