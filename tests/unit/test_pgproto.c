@@ -28,28 +28,30 @@ struct startup_case {
 #define B(...) (const uint8_t[]){__VA_ARGS__}, sizeof((const uint8_t[]){__VA_ARGS__})
 
 static const struct startup_case startup_cases[] = {
-	{"ssl request", B(0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f), PG_OK, PG_SSL_REQUEST, 0, NULL},
-	{"gssenc request", B(0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30), PG_OK, PG_GSSENC_REQUEST, 0, NULL},
-	{"cancel", B(0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 42, 1, 2, 3, 4), PG_OK, PG_CANCEL_REQUEST, 0, NULL},
-	{"cancel truncated", B(0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 42), PG_NEED_MORE, 0, 0, NULL},
-	{"cancel wrong size", B(0, 0, 0, 12, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 42), PG_BAD, 0, 0, "cancel"},
-	{"ssl wrong size", B(0, 0, 0, 9, 0x04, 0xd2, 0x16, 0x2f, 0), PG_BAD, 0, 0, "length"},
-	{"fewer than 8 bytes", B(0, 0, 0, 8, 0, 3), PG_NEED_MORE, 0, 0, NULL},
-	{"length under 8", B(0, 0, 0, 4, 0, 3, 0, 0), PG_BAD, 0, 0, "length"},
-	{"length 0", B(0, 0, 0, 0, 0, 3, 0, 0), PG_BAD, 0, 0, "length"},
-	{"length over limit", B(0x40, 0, 0, 0, 0, 3, 0, 0), PG_BAD, 0, 0, "length"},
-	{"startup user", B(0, 0, 0, 18, 0, 3, 0, 0, 'u', 's', 'e', 'r', 0, 'b', 'o', 'b', 0, 0), PG_OK, PG_PROTOCOL_3_0,
-	 1, NULL},
-	{"startup truncated", B(0, 0, 0, 18, 0, 3, 0, 0, 'u', 's', 'e', 'r', 0), PG_NEED_MORE, 0, 0, NULL},
-	{"no terminator", B(0, 0, 0, 17, 0, 3, 0, 0, 'u', 's', 'e', 'r', 0, 'b', 'o', 'b', 'x'), PG_BAD, 0, 0,
-	 "terminated"},
-	{"name without value", B(0, 0, 0, 14, 0, 3, 0, 0, 'u', 's', 'e', 'r', 0, 0), PG_BAD, 0, 0, "value"},
-	{"empty body", B(0, 0, 0, 8, 0, 3, 0, 0), PG_BAD, 0, 0, "terminated"},
-	{"only terminator", B(0, 0, 0, 9, 0, 3, 0, 0, 0), PG_OK, PG_PROTOCOL_3_0, 0, NULL},
-	{"empty name", B(0, 0, 0, 12, 0, 3, 0, 0, 0, 'x', 0, 0), PG_BAD, 0, 0, "empty"},
-	{"duplicate name", B(0, 0, 0, 18, 0, 3, 0, 0, 'a', 0, '1', 0, 'a', 0, '2', 0, 0, 0), PG_BAD, 0, 0, "twice"},
-	{"protocol 3.2", B(0, 0, 0, 9, 0, 3, 0, 2, 0), PG_OK, 0x30002, 0, NULL},
-	{"protocol 2.0 (caller refuses)", B(0, 0, 0, 9, 0, 2, 0, 0, 0), PG_OK, 0x20000, 0, NULL},
+    {"ssl request", B(0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f), PG_OK, PG_SSL_REQUEST, 0, NULL},
+    {"gssenc request", B(0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30), PG_OK, PG_GSSENC_REQUEST, 0, NULL},
+    {"cancel", B(0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 42, 1, 2, 3, 4), PG_OK, PG_CANCEL_REQUEST, 0,
+     NULL},
+    {"cancel truncated", B(0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 42), PG_NEED_MORE, 0, 0, NULL},
+    {"cancel wrong size", B(0, 0, 0, 12, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 42), PG_BAD, 0, 0, "cancel"},
+    {"ssl wrong size", B(0, 0, 0, 9, 0x04, 0xd2, 0x16, 0x2f, 0), PG_BAD, 0, 0, "length"},
+    {"fewer than 8 bytes", B(0, 0, 0, 8, 0, 3), PG_NEED_MORE, 0, 0, NULL},
+    {"length under 8", B(0, 0, 0, 4, 0, 3, 0, 0), PG_BAD, 0, 0, "length"},
+    {"length 0", B(0, 0, 0, 0, 0, 3, 0, 0), PG_BAD, 0, 0, "length"},
+    {"length over limit", B(0x40, 0, 0, 0, 0, 3, 0, 0), PG_BAD, 0, 0, "length"},
+    {"startup user", B(0, 0, 0, 18, 0, 3, 0, 0, 'u', 's', 'e', 'r', 0, 'b', 'o', 'b', 0, 0), PG_OK,
+     PG_PROTOCOL_3_0, 1, NULL},
+    {"startup truncated", B(0, 0, 0, 18, 0, 3, 0, 0, 'u', 's', 'e', 'r', 0), PG_NEED_MORE, 0, 0, NULL},
+    {"no terminator", B(0, 0, 0, 17, 0, 3, 0, 0, 'u', 's', 'e', 'r', 0, 'b', 'o', 'b', 'x'), PG_BAD, 0, 0,
+     "terminated"},
+    {"name without value", B(0, 0, 0, 14, 0, 3, 0, 0, 'u', 's', 'e', 'r', 0, 0), PG_BAD, 0, 0, "value"},
+    {"empty body", B(0, 0, 0, 8, 0, 3, 0, 0), PG_BAD, 0, 0, "terminated"},
+    {"only terminator", B(0, 0, 0, 9, 0, 3, 0, 0, 0), PG_OK, PG_PROTOCOL_3_0, 0, NULL},
+    {"empty name", B(0, 0, 0, 12, 0, 3, 0, 0, 0, 'x', 0, 0), PG_BAD, 0, 0, "empty"},
+    {"duplicate name", B(0, 0, 0, 18, 0, 3, 0, 0, 'a', 0, '1', 0, 'a', 0, '2', 0, 0, 0), PG_BAD, 0, 0,
+     "twice"},
+    {"protocol 3.2", B(0, 0, 0, 9, 0, 3, 0, 2, 0), PG_OK, 0x30002, 0, NULL},
+    {"protocol 2.0 (caller refuses)", B(0, 0, 0, 9, 0, 2, 0, 0, 0), PG_OK, 0x20000, 0, NULL},
 };
 
 static void test_startup_table(void **state)
@@ -73,8 +75,8 @@ static void test_startup_table(void **state)
 static void test_startup_params(void **state)
 {
 	static const uint8_t p[] = {0,   0,   0,   41,  0,   3,   0,   0,   'u', 's', 'e', 'r', 0,   'a',
-				    'p', 'p', '-', 'p', 'r', 'e', 'v', 'i', 'e', 'w', 0,   'x', '.', 'y',
-				    0,   'z', 0,   'o', 'p', 't', 'i', 'o', 'n', 's', 0,   0,   0};
+	                            'p', 'p', '-', 'p', 'r', 'e', 'v', 'i', 'e', 'w', 0,   'x', '.', 'y',
+	                            0,   'z', 0,   'o', 'p', 't', 'i', 'o', 'n', 's', 0,   0,   0};
 	struct pg_startup su;
 	char err[128];
 
@@ -100,7 +102,7 @@ static void test_cancel_fields(void **state)
 static void test_too_many_params(void **state)
 {
 	struct pgbuf b = {0};
-	char names[PG_STARTUP_MAX_PARAMS + 1][8];
+	char names[PG_STARTUP_MAX_PARAMS + 1][16];
 	const char *n[PG_STARTUP_MAX_PARAMS + 1], *v[PG_STARTUP_MAX_PARAMS + 1];
 	struct pg_startup su;
 	char err[128];
@@ -174,10 +176,13 @@ static void test_error_field_unterminated(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_startup_table),   cmocka_unit_test(test_startup_params),
-		cmocka_unit_test(test_cancel_fields),   cmocka_unit_test(test_too_many_params),
-		cmocka_unit_test(test_msg_framing),     cmocka_unit_test(test_builders),
-		cmocka_unit_test(test_error_field_unterminated),
+	    cmocka_unit_test(test_startup_table),
+	    cmocka_unit_test(test_startup_params),
+	    cmocka_unit_test(test_cancel_fields),
+	    cmocka_unit_test(test_too_many_params),
+	    cmocka_unit_test(test_msg_framing),
+	    cmocka_unit_test(test_builders),
+	    cmocka_unit_test(test_error_field_unterminated),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
