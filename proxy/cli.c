@@ -194,7 +194,7 @@ static void print_shell_quoted(const char *s)
 	putchar('\'');
 }
 
-static void print_json_string(const char *s)
+void cli_print_json_string(const char *s)
 {
 	putchar('"');
 	for (; *s; s++) {
@@ -234,9 +234,9 @@ static int cmd_env(int argc, char **argv)
 	for (int i = 0; i < ENV_NVARS; i++) {
 		if (strcmp(fmt, "json") == 0) {
 			printf("%s", i ? ", " : "");
-			print_json_string(e.names[i]);
+			cli_print_json_string(e.names[i]);
 			printf(": ");
-			print_json_string(e.values[i]);
+			cli_print_json_string(e.values[i]);
 		} else if (strcmp(fmt, "dotenv") == 0) {
 			/* Bare when nothing in it needs quoting (every value pglane makes, but for odd branches). */
 			printf("%s=", e.names[i]);

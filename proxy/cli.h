@@ -42,6 +42,8 @@ struct env_vars {
 };
 /* The variables an app on route r is given: pointing at pglane, never at the instance. */
 void cli_env_build(const struct conf *c, const struct route *r, struct env_vars *e);
+/* Prints s as a JSON string (quotes and escapes included) on stdout. */
+void cli_print_json_string(const char *s);
 
 /* Subcommands implemented in other files. */
 int cmd_certs(int argc, char **argv);     /* cli_certs.c */
