@@ -534,6 +534,7 @@ void admin_start(struct conn *c)
 
 	c->state = CONN_ADMIN;
 	evtimer_del(c->timer);
+	conn_login_done(c);
 	for (size_t i = 0; i < NCOLS(params); i++) {
 		size_t off = pgbuf_begin(&b, PG_MSG_PARAMETER_STATUS);
 		pgbuf_put_str(&b, params[i][0]);

@@ -17,70 +17,7 @@
 #include <libpq-fe.h>
 
 
-/* ---- to move into routing/provision.c once it lands (shared with `pglane provision`) ---- */
-#define PROVISION_LOCK_PREFIX "pglane-provision:"
-
-static PGconn *provision_connect_start(const struct conf_instance *in, int timeout_ms)
-{
-	char port[16], timeout[16];
-	const char *k[12], *v[12];
-	int n = 0;
-
-	snprintf(port, sizeof(port), "%d", in->port);
-	snprintf(timeout, sizeof(timeout), "%d", (timeout_ms + 999) / 1000);
-	k[n] = "host", v[n++] = in->host;
-	k[n] = "port", v[n++] = port;
-	k[n] = "user", v[n++] = in->user;
-	k[n] = "dbname", v[n++] = in->dbname;
-	k[n] = "sslmode", v[n++] = sslmode_str(in->sslmode);
-	k[n] = "connect_timeout", v[n++] = timeout;
-	k[n] = "application_name", v[n++] = "pglane";
-	if (in->password)
-		k[n] = "password", v[n++] = in->password;
-	if (in->ca_file)
-		k[n] = "sslrootcert", v[n++] = in->ca_file;
-	else if (in->ca == CA_SOURCE_SYSTEM)
-		k[n] = "sslrootcert", v[n++] = "/etc/ssl/certs/ca-certificates.crt";
-	if (in->client_cert)
-		k[n] = "sslcert", v[n++] = in->client_cert;
-	if (in->client_key)
-		k[n] = "sslkey", v[n++] = in->client_key;
-	k[n] = NULL, v[n] = NULL;
-	return PQconnectStartParams(k, v, 0);
-}
-
-static bool provision_create_sql(PGconn *pg, const char *db, const char *owner, const char *tmpl, char *out,
-				 size_t outlen)
-{
-	char *qdb = PQescapeIdentifier(pg, db, strlen(db));
-	char *qowner = owner ? PQescapeIdentifier(pg, owner, strlen(owner)) : NULL;
-	char *qtmpl = tmpl ? PQescapeIdentifier(pg, tmpl, strlen(tmpl)) : NULL;
-	bool ok = qdb && (!owner || qowner) && (!tmpl || qtmpl);
-
-	if (ok)
-		snprintf(out, outlen, "CREATE DATABASE %s%s%s%s%s", qdb, qowner ? " OWNER " : "", qowner ? qowner : "",
-			 qtmpl ? " TEMPLATE " : "", qtmpl ? qtmpl : "");
-	PQfreemem(qdb);
-	PQfreemem(qowner);
-	PQfreemem(qtmpl);
-	return ok;
-}
-
-static void provision_describe_error(const struct conf_instance *in, const char *code, const char *msg, char *out,
-				     size_t outlen)
-{
-	if (code && strcmp(code, "42501") == 0)
-		snprintf(out, outlen, "the instance user \"%s\" lacks CREATEDB (ALTER ROLE %s CREATEDB)", in->user, in->user);
-	else if (code && strcmp(code, "53100") == 0)
-		snprintf(out, outlen, "the disk of instance \"%s\" is full", in->name);
-	else
-		snprintf(out, outlen, "%s", msg);
-	/* libpq's messages end in a newline */
-	size_t n = strlen(out);
-	while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' '))
-		out[--n] = '\0';
-}
-/* ---- */
+#include "routing/provision.h"
 
 #define AUTOPROV_TIMEOUT_MS 30000 /* beyond connect_timeout: CREATE DATABASE copies a template */
 
@@ -147,6 +84,15 @@ static void autoprov_finish(struct autoprov *j, bool ok, const char *sqlstate, c
 	free(w);
 }
 
+/* Fails the job with the operator's words for what went wrong: what is wrong, then what to try. */
+static void autoprov_fail(struct autoprov *j, const char *sqlstate, const struct provision_error *e)
+{
+	char why[sizeof(e->msg) + sizeof(e->fix) + 8];
+
+	snprintf(why, sizeof(why), "%s%s%s", e->msg, *e->fix ? "; " : "", e->fix);
+	autoprov_finish(j, false, sqlstate, why);
+}
+
 static void autoprov_wait(struct autoprov *j, short what)
 {
 	int ms = j->snap->conf->connect_timeout_ms + AUTOPROV_TIMEOUT_MS;
@@ -165,21 +111,21 @@ static void autoprov_send(struct autoprov *j, enum autoprov_step step)
 
 	j->step = step;
 	switch (step) {
-	case AP_LOCK:
-		snprintf(sql, sizeof(sql), "SELECT pg_advisory_lock(hashtext('%s' || $1))", PROVISION_LOCK_PREFIX);
+	case AP_LOCK: /* the same lock as `pglane provision`, so the two never collide (and status sees Creating) */
+		provision_lock_sql("pg_advisory_lock", PROVISION_LOCK_CREATE, sql, sizeof(sql));
 		break;
 	case AP_EXISTS:
-		snprintf(sql, sizeof(sql), "SELECT 1 FROM pg_database WHERE datname = $1");
+		snprintf(sql, sizeof(sql), "%s", PROVISION_SQL_EXISTS);
 		break;
-	case AP_CREATE:
-		if (!provision_create_sql(j->pg, j->dbname, j->app->owner, j->app->template_db, sql, sizeof(sql))) {
-			autoprov_finish(j, false, "42602", "the database name cannot be quoted");
-			return;
-		}
-		if (!PQsendQuery(j->pg, sql))
+	case AP_CREATE: {
+		char *create = provision_create_sql(j->pg, j->dbname, j->app->owner, j->app->template_db);
+		bool sent = create && PQsendQuery(j->pg, create);
+		PQfreemem(create);
+		if (!sent)
 			goto fail;
 		autoprov_wait(j, EV_READ);
 		return;
+	}
 	case AP_CONNECTING:
 		return;
 	}
@@ -196,15 +142,15 @@ static void autoprov_on_result(struct autoprov *j, PGresult *res)
 {
 	ExecStatusType st = PQresultStatus(res);
 	const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-	char why[512];
+	struct provision_error e;
 
 	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
 		if (j->step == AP_CREATE && code && strcmp(code, "42P04") == 0) { /* duplicate_database */
 			autoprov_finish(j, true, NULL, NULL);
 			return;
 		}
-		provision_describe_error(j->inst, code, PQresultErrorMessage(res), why, sizeof(why));
-		autoprov_finish(j, false, code ? code : "58000", why);
+		provision_classify_result(j->pg, res, j->inst, j->dbname, j->app->owner, j->app->template_db, &e);
+		autoprov_fail(j, code ? code : "58000", &e);
 		return;
 	}
 	switch (j->step) {
@@ -243,9 +189,9 @@ static void autoprov_io_cb(evutil_socket_t fd, short what, void *arg)
 			autoprov_send(j, AP_LOCK);
 			return;
 		default: {
-			char why[512];
-			provision_describe_error(j->inst, NULL, PQerrorMessage(j->pg), why, sizeof(why));
-			autoprov_finish(j, false, "08001", why);
+			struct provision_error e;
+			provision_classify_conn(j->inst, PQerrorMessage(j->pg), &e);
+			autoprov_fail(j, "08001", &e);
 			return;
 		}
 		}
@@ -332,7 +278,9 @@ void autoprov_start(struct conn *c)
 		autoprov_finish(j, false, "53200", "out of memory");
 		return;
 	}
-	j->pg = provision_connect_start(j->inst, j->snap->conf->connect_timeout_ms);
+	struct provision_params pp;
+	provision_conn_params(j->inst, j->snap->conf->connect_timeout_ms, &pp);
+	j->pg = PQconnectStartParams(pp.keys, pp.vals, 0);
 	if (!j->pg || PQstatus(j->pg) == CONNECTION_BAD) {
 		autoprov_finish(j, false, "08001", j->pg ? PQerrorMessage(j->pg) : "out of memory");
 		return;

@@ -49,11 +49,11 @@ static void be_send_startup(struct conn *c)
 
 	names[n] = "user", values[n++] = c->inst->user;
 	names[n] = "database", values[n++] = c->route.dbname;
-	for (size_t i = 0; i < c->su.nparams; i++) {
-		const char *k = c->su.names[i];
+	for (size_t i = 0; i < c->lg->su.nparams; i++) {
+		const char *k = c->lg->su.names[i];
 		if (strcmp(k, "user") == 0 || strcmp(k, "database") == 0 || strncmp(k, "_pq_.", 5) == 0)
 			continue;
-		names[n] = k, values[n++] = c->su.values[i];
+		names[n] = k, values[n++] = c->lg->su.values[i];
 	}
 	pg_put_startup(&b, names, values, n);
 	c->be_phase = BE_LOGIN;
@@ -69,6 +69,8 @@ void backend_start(struct conn *c)
 
 	c->state = CONN_CONNECT;
 	c->inst = in;
+	scram_client_free(c->lg->bscram); /* a retry after autoprov starts a new exchange */
+	c->lg->bscram = NULL;
 	if (!c->provisioned)
 		clock_gettime(CLOCK_MONOTONIC, &c->be_started);
 	c->be_phase = BE_RESOLVING;
@@ -195,8 +197,8 @@ static bool be_on_auth(struct conn *c, const struct pg_msg *m)
 			cbind_len = peer ? scram_cert_endpoint_hash(peer, cbind, sizeof(cbind)) : 0;
 			X509_free(peer);
 		}
-		if (!(c->bscram = scram_client_new(pw, c->px->backend_scram)) ||
-		    !scram_client_first(c->bscram, d, dlen, cbind_len ? cbind : NULL, cbind_len, mech, sizeof(mech), out,
+		if (!(c->lg->bscram = scram_client_new(pw, c->px->backend_scram)) ||
+		    !scram_client_first(c->lg->bscram, d, dlen, cbind_len ? cbind : NULL, cbind_len, mech, sizeof(mech), out,
 					sizeof(out), &used, err, sizeof(err))) {
 			be_login_failed(c, "SCRAM with instance \"%s\" failed: %s", err);
 			return false;
@@ -211,19 +213,19 @@ static bool be_on_auth(struct conn *c, const struct pg_msg *m)
 		return ok;
 	}
 	case PG_AUTH_SASL_CONTINUE:
-		if (!c->bscram || !scram_client_final(c->bscram, d, dlen, out, sizeof(out), &used, err, sizeof(err))) {
-			be_login_failed(c, "SCRAM with instance \"%s\" failed: %s", c->bscram ? err : "unexpected message");
+		if (!c->lg->bscram || !scram_client_final(c->lg->bscram, d, dlen, out, sizeof(out), &used, err, sizeof(err))) {
+			be_login_failed(c, "SCRAM with instance \"%s\" failed: %s", c->lg->bscram ? err : "unexpected message");
 			return false;
 		}
 		return be_send_password_msg(c, out, used);
 	case PG_AUTH_SASL_FINAL:
-		if (!c->bscram || !scram_client_verify(c->bscram, d, dlen, err, sizeof(err))) {
+		if (!c->lg->bscram || !scram_client_verify(c->lg->bscram, d, dlen, err, sizeof(err))) {
 			be_login_failed(c, "instance \"%s\" could not prove it knows the password: %s",
-					c->bscram ? err : "unexpected message");
+					c->lg->bscram ? err : "unexpected message");
 			return false;
 		}
-		scram_client_free(c->bscram);
-		c->bscram = NULL;
+		scram_client_free(c->lg->bscram);
+		c->lg->bscram = NULL;
 		return true;
 	}
 	snprintf(err, sizeof(err), "an authentication method pglane does not support (request code %u)", code);

@@ -106,7 +106,9 @@ struct conn *conn_new(struct proxy *px, evutil_socket_t fd, const struct sockadd
 	c->snap = snapshot_ref(px->snap);
 	c->client = bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	c->timer = evtimer_new(px->base, conn_timer_cb, c);
-	if (!c->client || !c->timer) {
+	c->lg = calloc(1, sizeof(*c->lg));
+	if (!c->client || !c->timer || !c->lg) {
+		free(c->lg);
 		if (c->client)
 			bufferevent_free(c->client);
 		else
@@ -130,12 +132,21 @@ static void conn_free(struct conn *c)
 	if (c->server)
 		bufferevent_free(c->server);
 	event_free(c->timer);
-	scram_server_free(c->scram);
-	scram_client_free(c->bscram);
-	free(c->startup);
+	conn_login_done(c);
 	snapshot_unref(c->snap);
 	OPENSSL_cleanse(c->route.token, sizeof(c->route.token));
 	free(c);
+}
+
+void conn_login_done(struct conn *c)
+{
+	if (!c->lg)
+		return;
+	scram_server_free(c->lg->scram);
+	scram_client_free(c->lg->bscram);
+	free(c->lg->startup);
+	free(c->lg);
+	c->lg = NULL;
 }
 
 static void conn_reaper_cb(evutil_socket_t fd, short what, void *arg)
@@ -345,4 +356,24 @@ void proxy_caches_free(struct proxy *px)
 	OPENSSL_LH_free(px->cancel_map);
 	px->cancel_map = NULL;
 	frontend_caches_free(px);
+}
+
+void conn_terminate(struct conn *c)
+{
+	if (c->state == CONN_RELAY && c->server_idle &&
+	    evbuffer_get_length(bufferevent_get_output(c->client)) == 0) {
+		conn_fail(c, "57P01", "shutdown", "terminating connection due to administrator command");
+		return;
+	}
+	if (c->state == CONN_RELAY || c->state == CONN_ADMIN) {
+		conn_close(c, "shutdown");
+		return;
+	}
+	/* Still logging in (or held by PAUSE): nothing of the server's has reached the client yet. */
+	if (c->parked) {
+		TAILQ_REMOVE(&c->px->paused, c, link);
+		TAILQ_INSERT_TAIL(&c->px->conns, c, link);
+		c->parked = false;
+	}
+	conn_fail(c, "57P01", "shutdown", "terminating connection due to administrator command");
 }

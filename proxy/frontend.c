@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent_ssl.h>
@@ -18,6 +19,8 @@
 #include <openssl/rand.h>
 
 #include "auth/scram.h"
+#include "certs/certs.h"
+#include "routing/certid.h"
 
 #define FE_AUTH_MSG_MAX 8192 /* a SASL or password message is far smaller */
 
@@ -30,6 +33,14 @@ static void fe_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (c->state == CONN_CLOSED)
 		return;
 	if (what & BEV_EVENT_CONNECTED) { /* the client's TLS handshake is done */
+		const unsigned char *alpn = NULL;
+		unsigned int alpn_len = 0;
+		SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(bev), &alpn, &alpn_len);
+		/* Direct TLS must have negotiated "postgresql" (the context refuses any other offer). */
+		if (c->direct_tls && (alpn_len != 10 || memcmp(alpn, "postgresql", 10) != 0)) {
+			conn_close(c, "direct TLS without ALPN postgresql");
+			return;
+		}
 		c->state = CONN_STARTUP;
 		c->client_tls = true;
 		c->px->stats.tls_handshakes++;
@@ -136,7 +147,7 @@ static void fe_mock_secret(struct proxy *px, const char *user, struct scram_secr
 static void fe_start_auth(struct conn *c)
 {
 	const struct conf *conf = c->snap->conf;
-	const char *user = pg_startup_get(&c->su, "user");
+	const char *user = pg_startup_get(&c->lg->su, "user");
 	struct scram_secret sec;
 	struct pgbuf b = {0};
 	uint8_t cbind[EVP_MAX_MD_SIZE];
@@ -144,7 +155,7 @@ static void fe_start_auth(struct conn *c)
 
 	c->state = CONN_AUTH;
 	if (conf->allow_cleartext && c->client_tls) {
-		c->cleartext = true;
+		c->lg->cleartext = true;
 		pg_put_auth(&b, PG_AUTH_CLEARTEXT, NULL, 0);
 		conn_send(c, &b);
 		return;
@@ -159,9 +170,9 @@ static void fe_start_auth(struct conn *c)
 		X509 *cert = SSL_get_certificate(bufferevent_openssl_get_ssl(c->client));
 		cbind_len = cert ? scram_cert_endpoint_hash(cert, cbind, sizeof(cbind)) : 0;
 	}
-	c->scram = scram_server_new(&sec, cbind_len ? cbind : NULL, cbind_len);
+	c->lg->scram = scram_server_new(&sec, cbind_len ? cbind : NULL, cbind_len);
 	OPENSSL_cleanse(&sec, sizeof(sec));
-	if (!c->scram) {
+	if (!c->lg->scram) {
 		conn_fail(c, "53200", "out of memory", "out of memory");
 		return;
 	}
@@ -171,19 +182,77 @@ static void fe_start_auth(struct conn *c)
 	conn_send(c, &b);
 }
 
+static void fe_auth_done(struct conn *c);
+
+static void fe_cert_refused(struct conn *c, const char *fmt, const char *why)
+{
+	c->px->stats.auth_fail_cert++;
+	conn_fail(c, "28000", "client certificate refused", fmt, why);
+}
+
+/*
+ * Login by client certificate: a valid certificate identifies (app, timeline) and no password is asked.
+ * The user name must still be that timeline's user name, so a client cannot be confused about where it
+ * lands; a present but invalid or unmapped certificate is refused, never ignored for a password login.
+ */
+static void fe_cert_login(struct conn *c, const char *user, const char *db)
+{
+	const struct conf *conf = c->snap->conf;
+	SSL *ssl = bufferevent_openssl_get_ssl(c->client);
+	X509 *cert = SSL_get0_peer_certificate(ssl);
+	long v = SSL_get_verify_result(ssl);
+	char uri[CERTS_URI_MAX], err[256], tl[TIMELINE_BRANCH_MAX + 16];
+	struct identity id;
+
+	if (v != X509_V_OK) {
+		fe_cert_refused(c, "client certificate refused: %s", certs_client_verify_reason(v));
+		return;
+	}
+	if (!certs_client_uri(cert, uri, sizeof(uri), err, sizeof(err)) ||
+	    !identity_parse_uri(uri, &id, err, sizeof(err))) {
+		fe_cert_refused(c, "client certificate does not map to an app: %s", err);
+		return;
+	}
+	const struct conf_app *app = conf_app_find(conf, id.app);
+	if (!app) {
+		fe_cert_refused(c, "client certificate names app \"%s\", which pglane does not serve", id.app);
+		return;
+	}
+	struct identity raw = id; /* timeline_set() must not copy a branch onto itself */
+	if (!timeline_set(&id.tl, raw.tl.kind, raw.tl.branch, app->production_branch, err, sizeof(err))) {
+		fe_cert_refused(c, "client certificate does not map to a timeline: %s", err);
+		return;
+	}
+	c->route_res = route_resolve(conf, user, db, &c->route, c->lg->route_err, sizeof(c->lg->route_err));
+	bool same = c->route_res != ROUTE_BAD_USER && c->route_res != ROUTE_UNKNOWN_APP &&
+		    strcmp(c->route.id.app, id.app) == 0 && c->route.id.tl.kind == id.tl.kind &&
+		    strcmp(c->route.id.tl.branch, id.tl.branch) == 0;
+	if (!same) {
+		timeline_label(&id.tl, tl, sizeof(tl));
+		memset(&c->route, 0, sizeof(c->route));
+		c->px->stats.auth_fail_cert++;
+		conn_fail(c, "28000", "user does not match certificate",
+			  "user name \"%s\" does not match the client certificate (app %s, %s)", user, id.app, tl);
+		return;
+	}
+	log_conn(LOG_DEBUG, c, "identified by client certificate");
+	c->state = CONN_AUTH;
+	fe_auth_done(c);
+}
+
 static void fe_on_startup_message(struct conn *c)
 {
 	const struct conf *conf = c->snap->conf;
-	const char *user = pg_startup_get(&c->su, "user");
-	const char *db = pg_startup_get(&c->su, "database");
-	const char *repl = pg_startup_get(&c->su, "replication");
-	uint32_t minor = c->su.code & 0xffff;
+	const char *user = pg_startup_get(&c->lg->su, "user");
+	const char *db = pg_startup_get(&c->lg->su, "database");
+	const char *repl = pg_startup_get(&c->lg->su, "replication");
+	uint32_t minor = c->lg->su.code & 0xffff;
 	const char *unknown[PG_STARTUP_MAX_PARAMS];
 	size_t nunknown = 0;
 
-	for (size_t i = 0; i < c->su.nparams; i++)
-		if (strncmp(c->su.names[i], "_pq_.", 5) == 0)
-			unknown[nunknown++] = c->su.names[i];
+	for (size_t i = 0; i < c->lg->su.nparams; i++)
+		if (strncmp(c->lg->su.names[i], "_pq_.", 5) == 0)
+			unknown[nunknown++] = c->lg->su.names[i];
 	if (minor > 0 || nunknown > 0) {
 		struct pgbuf b = {0};
 		pg_put_negotiate_version(&b, 0, unknown, nunknown);
@@ -212,13 +281,18 @@ static void fe_on_startup_message(struct conn *c)
 		fe_start_auth(c);
 		return;
 	}
-	c->route_res = route_resolve(conf, user, db, &c->route, c->route_err, sizeof(c->route_err));
+	if (c->client_tls && conf->client_ca &&
+	    SSL_get0_peer_certificate(bufferevent_openssl_get_ssl(c->client))) {
+		fe_cert_login(c, user, db);
+		return;
+	}
+	c->route_res = route_resolve(conf, user, db, &c->route, c->lg->route_err, sizeof(c->lg->route_err));
 	if (c->route_res == ROUTE_BAD_USER) {
 		c->px->stats.auth_fail_user++;
 		conn_fail_hint(c, "28000",
 			       "pglane user names are {app}-production, {app}-preview or {app}--{branch}; "
 			       "`pglane env` prints them",
-			       "bad user name", "%s", c->route_err);
+			       "bad user name", "%s", c->lg->route_err);
 		return;
 	}
 	log_conn(LOG_DEBUG, c, "login as \"%s\"", user);
@@ -227,11 +301,11 @@ static void fe_on_startup_message(struct conn *c)
 
 static void fe_on_cancel(struct conn *c)
 {
-	struct conn *t = cancel_map_find(c->px, c->su.cancel_key);
+	struct conn *t = cancel_map_find(c->px, c->lg->su.cancel_key);
 
 	c->px->stats.cancel_requests++;
 	/* As PostgreSQL: an unknown key is dropped without a word, so keys cannot be probed. */
-	if (t && t->be_pid == c->su.cancel_pid && t->state == CONN_RELAY) {
+	if (t && t->be_pid == c->lg->su.cancel_pid && t->state == CONN_RELAY) {
 		log_conn(LOG_INFO, t, "cancel request from %s", c->peer);
 		c->px->stats.cancels_forwarded++;
 		backend_forward_cancel(c->px, t);
@@ -241,18 +315,47 @@ static void fe_on_cancel(struct conn *c)
 	conn_close(c, "cancel request handled");
 }
 
-static void fe_start_tls(struct conn *c)
+/* Starts the client's handshake.  After an SSLRequest nothing is buffered, so TLS takes over the socket
+ * itself.  With direct TLS the ClientHello already sits in the input buffer, so TLS runs as a filter over
+ * the plaintext bufferevent, which hands it those bytes first. */
+static void fe_start_tls(struct conn *c, bool filter)
 {
 	SSL *ssl = SSL_new(c->snap->server_ctx);
+	struct bufferevent *tls = NULL;
 
 	c->state = CONN_TLS;
-	if (!ssl || !(c->client = conn_upgrade_tls(c->px, c->client, ssl, true))) {
-		c->client = NULL;
+	if (ssl && filter) {
+		/* Without a high watermark below it, the filter would push TLS records into the plaintext
+		 * bufferevent without bound when the client stops reading; with one, back-pressure holds. */
+		bufferevent_setwatermark(c->client, EV_WRITE, 0, RELAY_HIGH);
+		tls = bufferevent_openssl_filter_new(c->px->base, c->client, ssl, BUFFEREVENT_SSL_ACCEPTING,
+						     BEV_OPT_CLOSE_ON_FREE);
+		if (!tls)
+			SSL_free(ssl);
+	} else if (ssl) {
+		tls = conn_upgrade_tls(c->px, c->client, ssl, true);
+		c->client = NULL; /* freed by conn_upgrade_tls(), whatever happened */
+	}
+	if (!tls) {
 		conn_close(c, "cannot start TLS");
 		return;
 	}
+	c->client = tls;
 	bufferevent_setcb(c->client, fe_read_cb, NULL, fe_event_cb, c);
 	bufferevent_enable(c->client, EV_READ);
+}
+
+/*
+ * The one-byte answer to SSLRequest / GSSENCRequest, written on the socket itself: before a TLS upgrade
+ * the plaintext bufferevent is about to let go of the socket, and its output buffer is its own to drain.
+ * One byte on a connection that has sent nothing else never blocks; if it fails, the client is gone.
+ */
+static bool fe_send_byte(struct conn *c, char b)
+{
+	if (send(bufferevent_getfd(c->client), &b, 1, MSG_NOSIGNAL) == 1)
+		return true;
+	conn_close(c, "client went away during SSL negotiation");
+	return false;
 }
 
 /* Handles each whole startup-phase packet in the client's input; returns when it needs more bytes. */
@@ -268,7 +371,12 @@ static void fe_on_startup(struct conn *c, struct evbuffer *in)
 			return;
 		evbuffer_copyout(in, head, len < 8 ? len : 8);
 		if (head[0] == PG_TLS_HANDSHAKE_BYTE && !c->client_tls) {
-			conn_close(c, "direct TLS is not enabled");
+			if (!c->snap->server_ctx || conf->tls_mode == TLS_MODE_DISABLE) {
+				conn_close(c, "direct TLS is not enabled");
+				return;
+			}
+			c->direct_tls = true;
+			fe_start_tls(c, true);
 			return;
 		}
 		if (len < 8)
@@ -300,18 +408,21 @@ static void fe_on_startup(struct conn *c, struct evbuffer *in)
 					conn_close(c, "unencrypted data after SSLRequest");
 					return;
 				}
-				bufferevent_write(c->client, "S", 1);
-				fe_start_tls(c);
+				/* 'S' must be on the wire before the socket changes hands. */
+				if (fe_send_byte(c, 'S'))
+					fe_start_tls(c, false);
 				return;
 			}
-			bufferevent_write(c->client, "N", 1);
+			if (!fe_send_byte(c, 'N'))
+				return;
 			continue;
 		case PG_GSSENC_REQUEST:
 			evbuffer_drain(in, 8);
-			bufferevent_write(c->client, "N", 1);
+			if (!fe_send_byte(c, 'N'))
+				return;
 			continue;
 		case PG_CANCEL_REQUEST:
-			c->su = su;
+			c->lg->su = su;
 			evbuffer_drain(in, 16);
 			fe_on_cancel(c);
 			return;
@@ -322,12 +433,12 @@ static void fe_on_startup(struct conn *c, struct evbuffer *in)
 			return;
 		}
 		/* Keep a copy: the parameters are needed after the input buffer has moved on. */
-		if (!(c->startup = malloc(plen))) {
+		if (!(c->lg->startup = malloc(plen))) {
 			conn_fail(c, "53200", "out of memory", "out of memory");
 			return;
 		}
-		evbuffer_remove(in, c->startup, plen);
-		pg_read_startup(c->startup, plen, plen, &c->su, err, sizeof(err));
+		evbuffer_remove(in, c->lg->startup, plen);
+		pg_read_startup(c->lg->startup, plen, plen, &c->lg->su, err, sizeof(err));
 		fe_on_startup_message(c);
 		return;
 	}
@@ -337,7 +448,7 @@ static void fe_on_startup(struct conn *c, struct evbuffer *in)
 
 static void fe_auth_failed(struct conn *c, const char *why)
 {
-	const char *user = pg_startup_get(&c->su, "user");
+	const char *user = pg_startup_get(&c->lg->su, "user");
 
 	c->px->stats.auth_fail_password++;
 	log_conn(LOG_INFO, c, "authentication failed for \"%s\": %s", user, why);
@@ -361,15 +472,15 @@ static void fe_auth_done(struct conn *c)
 {
 	struct pgbuf b = {0};
 
-	scram_server_free(c->scram);
-	c->scram = NULL;
+	scram_server_free(c->lg->scram);
+	c->lg->scram = NULL;
 	if (c->route_res == ROUTE_UNKNOWN_APP) { /* unreachable with a mock secret, but never routed */
-		fe_auth_failed(c, c->route_err);
+		fe_auth_failed(c, c->lg->route_err);
 		return;
 	}
 	if (c->route_res == ROUTE_DB_NOT_ALLOWED) {
 		c->px->stats.auth_fail_database++;
-		conn_fail(c, "42501", "database not allowed", "%s", c->route_err);
+		conn_fail(c, "42501", "database not allowed", "%s", c->lg->route_err);
 		return;
 	}
 	if (!c->admin && c->route.app->max_clients > 0 && fe_app_sessions(c) > (size_t)c->route.app->max_clients) {
@@ -399,20 +510,20 @@ static void fe_on_auth_msg(struct conn *c, const struct pg_msg *m)
 			  m->type);
 		return;
 	}
-	if (c->cleartext) {
+	if (c->lg->cleartext) {
 		if (m->body_len == 0 || m->body[m->body_len - 1] != '\0') {
 			conn_fail(c, "08P01", "protocol violation", "malformed password message");
 			return;
 		}
 		const char *want = c->admin ? c->snap->conf->admin_password : c->route.token;
 		if (c->route_res == ROUTE_UNKNOWN_APP || !auth_token_equal((const char *)m->body, want)) {
-			fe_auth_failed(c, c->route_res == ROUTE_UNKNOWN_APP ? c->route_err : "wrong password");
+			fe_auth_failed(c, c->route_res == ROUTE_UNKNOWN_APP ? c->lg->route_err : "wrong password");
 			return;
 		}
 		fe_auth_done(c);
 		return;
 	}
-	if (!c->sasl_first_done) {
+	if (!c->lg->sasl_first_done) {
 		/* First 'p': SASLInitialResponse: mechanism NUL, int32 length, data. */
 		const uint8_t *nul = memchr(m->body, 0, m->body_len);
 		size_t off = nul ? (size_t)(nul - m->body) + 1 : 0;
@@ -420,18 +531,18 @@ static void fe_on_auth_msg(struct conn *c, const struct pg_msg *m)
 			conn_fail(c, "08P01", "protocol violation", "malformed SASLInitialResponse");
 			return;
 		}
-		if (!scram_server_first(c->scram, (const char *)m->body, m->body + off + 4, m->body_len - off - 4, out,
+		if (!scram_server_first(c->lg->scram, (const char *)m->body, m->body + off + 4, m->body_len - off - 4, out,
 					sizeof(out), err, sizeof(err))) {
 			conn_fail(c, "08P01", "bad SCRAM message", "%s", err);
 			return;
 		}
-		c->sasl_first_done = true;
+		c->lg->sasl_first_done = true;
 		pg_put_auth(&b, PG_AUTH_SASL_CONTINUE, out, strlen(out));
 		conn_send(c, &b);
 		return;
 	}
-	if (!scram_server_final(c->scram, m->body, m->body_len, out, sizeof(out), err, sizeof(err))) {
-		fe_auth_failed(c, c->route_res == ROUTE_UNKNOWN_APP ? c->route_err : err);
+	if (!scram_server_final(c->lg->scram, m->body, m->body_len, out, sizeof(out), err, sizeof(err))) {
+		fe_auth_failed(c, c->route_res == ROUTE_UNKNOWN_APP ? c->lg->route_err : err);
 		return;
 	}
 	pg_put_auth(&b, PG_AUTH_SASL_FINAL, out, strlen(out));
@@ -457,10 +568,13 @@ static void fe_on_auth(struct conn *c, struct evbuffer *in)
 		uint32_t total = pg_get_u32(head + 1) + 1;
 		if (len < total)
 			return;
-		uint8_t *p = evbuffer_pullup(in, total);
-		pg_read_msg(p, total, FE_AUTH_MSG_MAX, &m, err, sizeof(err));
+		/* Take the message out before acting on it: what follows it (the admin console's first query,
+		 * pipelined bytes) must find the input buffer past it. */
+		uint8_t msg[FE_AUTH_MSG_MAX + 5];
+		evbuffer_remove(in, msg, total);
+		pg_read_msg(msg, total, FE_AUTH_MSG_MAX, &m, err, sizeof(err));
 		fe_on_auth_msg(c, &m);
-		evbuffer_drain(in, total);
+		OPENSSL_cleanse(msg, total);
 	}
 }
 

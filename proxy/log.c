@@ -68,6 +68,15 @@ static void log_json_string(FILE *f, const char *s)
 	fputc('"', f);
 }
 
+/* A client's bytes (a user name, a parameter) must not start a line of their own in a text log: control
+ * characters become '?', so every line is one event and none can be forged. */
+static void log_escape_controls(char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			*s = '?';
+}
+
 static void log_vline(enum log_level l, const struct conn *c, const char *fmt, va_list ap)
 {
 	struct timeval tv;
@@ -80,6 +89,8 @@ static void log_vline(enum log_level l, const struct conn *c, const char *fmt, v
 	size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(ts + n, sizeof(ts) - n, ".%03dZ", (int)(tv.tv_usec / 1000));
 	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (!log_json)
+		log_escape_controls(msg);
 	bool routed = c && c->route.app;
 	if (routed)
 		timeline_label(&c->route.id.tl, tl, sizeof(tl));

@@ -66,7 +66,9 @@ bool proxy_reload(struct proxy *px, char *err, size_t errlen)
 	snapshot_unref(px->snap);
 	px->snap = s;
 	px->stats.reloads_ok++;
-	log_reopen(conf);
+	if (!old->log_file || !conf->log_file || strcmp(old->log_file, conf->log_file) != 0 ||
+	    strcmp(old->log_format, conf->log_format) != 0)
+		log_reopen(conf);
 	proxy_apply_log_level(conf);
 	log_msg(LOG_INFO, "reloaded %s: %zu instances, %zu apps", px->conf_path, conf->ninstances, conf->napps);
 	return true;
@@ -75,7 +77,16 @@ bool proxy_reload(struct proxy *px, char *err, size_t errlen)
 static void proxy_sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
 	static char err[16384];
-	proxy_reload(arg, err, sizeof(err));
+	struct proxy *px = arg;
+
+	/* logrotate's SIGHUP must reopen the log even when the new file is rejected. */
+	log_reopen(px->snap->conf);
+	proxy_reload(px, err, sizeof(err));
+}
+
+static int64_t proxy_ms(const struct timespec *t)
+{
+	return (int64_t)t->tv_sec * 1000 + t->tv_nsec / 1000000;
 }
 
 static void proxy_drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -88,14 +99,19 @@ static void proxy_drain_cb(evutil_socket_t fd, short what, void *arg)
 		event_base_loopexit(px->base, NULL);
 		return;
 	}
-	if (now.tv_sec >= px->stop_deadline) {
-		log_msg(LOG_WARNING, "shutdown_timeout reached: closing %zu sessions", px->nclients);
-		struct conn *c;
-		while ((c = TAILQ_FIRST(&px->conns)))
-			conn_close(c, "shutdown");
-		px->unclean = true;
-		event_base_loopexit(px->base, NULL);
+	if (proxy_ms(&now) < px->stop_deadline_ms)
+		return;
+	log_msg(LOG_WARNING, "shutdown_timeout reached: ending %zu sessions", px->nclients);
+	struct conn *c, *next;
+	for (int list = 0; list < 2; list++) {
+		for (c = TAILQ_FIRST(list ? &px->paused : &px->conns); c; c = next) {
+			next = TAILQ_NEXT(c, link);
+			conn_terminate(c);
+		}
 	}
+	px->unclean = true;
+	/* A last turn of the loop delivers the 57P01 errors; the drain timer then finds no clients. */
+	px->stop_deadline_ms = proxy_ms(&now) + 1000;
 }
 
 static void proxy_sigterm_cb(evutil_socket_t sig, short what, void *arg)
@@ -121,7 +137,14 @@ void proxy_begin_shutdown(struct proxy *px)
 	px->stopping = true;
 	listener_close_all(px);
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	px->stop_deadline = now.tv_sec + (px->snap->conf->shutdown_timeout_ms + 999) / 1000;
+	px->stop_deadline_ms = proxy_ms(&now) + px->snap->conf->shutdown_timeout_ms;
+	/* Admin consoles do not hold the stop: they end once what they were sent is flushed. */
+	struct conn *c, *next;
+	for (c = TAILQ_FIRST(&px->conns); c; c = next) {
+		next = TAILQ_NEXT(c, link);
+		if (c->state == CONN_ADMIN)
+			conn_close_after_flush(c, "shutdown");
+	}
 	log_msg(LOG_INFO, "shutting down: not accepting; waiting up to %d ms for %zu sessions",
 		px->snap->conf->shutdown_timeout_ms, px->nclients);
 	px->drain = event_new(px->base, -1, EV_PERSIST, proxy_drain_cb, px);

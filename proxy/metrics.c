@@ -69,17 +69,17 @@ static void metrics_clients(struct proxy *px, struct evbuffer *b, uint64_t *byte
 			       "# TYPE pglane_clients gauge\n");
 	if (!n)
 		return;
-	TAILQ_FOREACH(it, &px->conns, link)
-	{
-		*bytes_in += it->bytes_in;
-		*bytes_out += it->bytes_out;
-		size_t a = c->napps;
-		if (it->route.app && it->snap->conf == c)
-			a = (size_t)(it->route.app - c->apps);
-		n[(a * 3 + it->route.id.tl.kind) * NS + it->state]++;
+	for (int list = 0; list < 2; list++) {
+		TAILQ_FOREACH(it, list ? &px->paused : &px->conns, link)
+		{
+			*bytes_in += it->bytes_in;
+			*bytes_out += it->bytes_out;
+			/* By id: a session routed before a reload points into the old conf. */
+			const struct conf_app *app = it->route.app ? conf_app_find(c, it->route.id.app) : NULL;
+			size_t a = app ? (size_t)(app - c->apps) : c->napps;
+			n[(a * 3 + it->route.id.tl.kind) * NS + it->state]++;
+		}
 	}
-	TAILQ_FOREACH(it, &px->paused, link)
-	n[c->napps * 3 * NS + CONN_CONNECT]++;
 	for (size_t a = 0; a < napp; a++)
 		for (int k = 0; k < 3; k++)
 			for (int s = 0; s < NS; s++) {

@@ -44,26 +44,31 @@ enum pg_res pg_read_startup(const uint8_t *p, size_t len, size_t max_len, struct
 	if (out->code >> 16 != 3)
 		return PG_OK; /* the caller refuses other major versions by code */
 
-	/* name NUL value NUL ... NUL: the final NUL must be the packet's last byte. */
+	/* name NUL value NUL ... NUL: pairs, then an empty name, which must be the packet's last byte. */
 	const char *s = (const char *)p + 8, *end = (const char *)p + plen;
-	if (plen == 8 || end[-1] != '\0') {
-		snprintf(err, errlen, "startup packet is not terminated");
-		return PG_BAD;
-	}
-	while (s < end - 1) {
-		const char *name = s;
-		const char *nul = memchr(s, '\0', (size_t)(end - s));
-		s = nul + 1; /* nul is found: end[-1] is NUL */
-		if (s >= end - 1 && *name) {
-			snprintf(err, errlen, "startup parameter \"%.64s\" has no value", name);
+	for (;;) {
+		if (s >= end) {
+			snprintf(err, errlen, "startup packet is not terminated");
 			return PG_BAD;
 		}
-		const char *value = s;
-		s = (const char *)memchr(s, '\0', (size_t)(end - s)) + 1;
-		if (!*name) {
-			snprintf(err, errlen, "empty startup parameter name");
+		if (*s == '\0') {
+			if (s != end - 1) {
+				snprintf(err, errlen, "data after the startup packet's terminator");
+				return PG_BAD;
+			}
+			break;
+		}
+		const char *name = s, *value, *nul = memchr(s, '\0', (size_t)(end - s));
+		if (!nul || nul + 1 >= end) {
+			snprintf(err, errlen, nul ? "startup parameter has no value" : "startup packet is not terminated");
 			return PG_BAD;
 		}
+		value = nul + 1;
+		if (!(nul = memchr(value, '\0', (size_t)(end - value)))) {
+			snprintf(err, errlen, "startup packet is not terminated");
+			return PG_BAD;
+		}
+		s = nul + 1;
 		if (out->nparams == PG_STARTUP_MAX_PARAMS) {
 			snprintf(err, errlen, "more than %d startup parameters", PG_STARTUP_MAX_PARAMS);
 			return PG_BAD;

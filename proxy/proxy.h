@@ -68,6 +68,18 @@ enum backend_phase {
 	BE_PROVISION,  /* waiting for autoprov to create the database */
 };
 
+/* The login's state: allocated with the connection, freed when the relay (or the admin console) starts,
+ * so an idle session keeps only what it needs. */
+struct conn_login {
+	uint8_t *startup;           /* owned copy of the StartupMessage; su points into it */
+	struct pg_startup su;
+	char route_err[256];
+	struct scram_server *scram; /* owned: the client's SCRAM exchange */
+	struct scram_client *bscram; /* owned: pglane's SCRAM exchange with the instance */
+	bool cleartext;             /* a cleartext password exchange instead of SCRAM */
+	bool sasl_first_done;       /* SASLInitialResponse handled; the next 'p' is the final message */
+};
+
 struct conn {
 	uint64_t id;
 	enum conn_state state;
@@ -81,27 +93,21 @@ struct conn {
 	const char *close_reason;   /* static string, set once by conn_close() */
 	bool closing;               /* an error is being flushed to the client; then conn_close() */
 
-	/* startup */
-	uint8_t *startup;           /* owned copy of the StartupMessage; su points into it */
-	struct pg_startup su;
+	struct conn_login *lg;      /* owned: what only the login needs; freed when the session starts */
 	bool client_tls;
+	bool direct_tls;            /* TLS began with the ClientHello, no SSLRequest (PostgreSQL 17) */
 
-	/* routing and the client's authentication */
+	/* routing */
 	struct route route;
 	enum route_res route_res;
-	char route_err[256];
-	struct scram_server *scram; /* owned, during CONN_AUTH */
-	bool cleartext;             /* a cleartext password exchange instead of SCRAM */
 	bool parked;                /* on px->paused (PAUSE) */
 	bool admin_ignore_until_sync; /* admin console: an extended-protocol message was refused */
 	bool admin;                 /* logging in to the virtual database "pglane" as admin_user */
-	bool sasl_first_done;       /* SASLInitialResponse handled; the next 'p' is the final message */
 
 	/* backend */
 	enum backend_phase be_phase;
 	const struct conf_instance *inst; /* borrowed from snap->conf */
 	SSL *be_ssl;                      /* borrowed: owned by the openssl bufferevent */
-	struct scram_client *bscram;      /* owned, during login */
 	uint32_t be_pid, be_key;          /* the server's BackendKeyData */
 	bool provisioned;                 /* autoprov ran once for this connection */
 	uint32_t cancel_key;              /* the key pglane handed the client; 0 = none */
@@ -111,6 +117,7 @@ struct conn {
 
 	/* relay */
 	uint64_t bytes_in, bytes_out; /* from the client, to the client */
+	bool server_idle;             /* the server's last bytes were a ReadyForQuery and the client sent none since */
 
 	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
 
@@ -161,7 +168,7 @@ struct proxy {
 	size_t npaused_apps;
 	bool stopping;             /* SIGTERM: no new connections */
 	bool unclean;              /* sessions were cut at the stop: exit status 1 */
-	time_t stop_deadline;      /* CLOCK_MONOTONIC seconds */
+	int64_t stop_deadline_ms;  /* CLOCK_MONOTONIC milliseconds */
 	struct event *drain;       /* owned: checks for the end of the sessions after SIGTERM */
 };
 
@@ -192,6 +199,10 @@ void conn_close_after_flush(struct conn *c, const char *reason);
 /* Replaces plain (freed; its socket kept) by a TLS bufferevent on the same socket; NULL on failure
  * (then the socket is closed and ssl freed). */
 struct bufferevent *conn_upgrade_tls(struct proxy *px, struct bufferevent *plain, SSL *ssl, bool accepting);
+/* Ends c for a shutdown: a session the server left idle (ReadyForQuery last) gets FATAL 57P01 as
+ * PostgreSQL sends it; one in the middle of a reply is closed, since an error there would corrupt the
+ * stream. */
+void conn_terminate(struct conn *c);
 /* Queues b to the client; false (and c closed) if it could not be queued. */
 bool conn_send(struct conn *c, struct pgbuf *b);
 void conn_arm_timer(struct conn *c, int ms);
@@ -228,7 +239,11 @@ void stats_observe_connect(struct proxy *px, const struct timespec *since);
 bool proxy_reload(struct proxy *px, char *err, size_t errlen);
 void proxy_begin_shutdown(struct proxy *px);
 
-/* relay.c */
+/* Frees c->lg: the session no longer needs its login state. */
+void conn_login_done(struct conn *c);
+
+/* relay.c: what waits for one side past RELAY_HIGH stops reading from the other. */
+#define RELAY_HIGH (256 * 1024)
 void relay_start(struct conn *c);
 
 /* cancel map and caches (conn.c) */

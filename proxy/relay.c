@@ -10,10 +10,24 @@
 
 #include <event2/buffer.h>
 
-#define RELAY_HIGH (256 * 1024)
 
 static void relay_read_cb(struct bufferevent *bev, void *arg);
 static void relay_event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* Whether what the server sent ends in a ReadyForQuery ('Z', length 5, status): the session is then idle
+ * at a message boundary, where pglane may speak to the client itself (shutdown's 57P01).  Six bytes
+ * copied per read: no parsing of the stream. */
+static bool relay_ends_ready(struct evbuffer *in, size_t n)
+{
+	uint8_t tail[6];
+	struct evbuffer_ptr pos;
+
+	if (n < sizeof(tail) || evbuffer_ptr_set(in, &pos, n - sizeof(tail), EVBUFFER_PTR_SET) != 0 ||
+	    evbuffer_copyout_from(in, &pos, tail, sizeof(tail)) != (ev_ssize_t)sizeof(tail))
+		return false;
+	return tail[0] == PG_MSG_READY_FOR_QUERY && tail[1] == 0 && tail[2] == 0 && tail[3] == 0 && tail[4] == 5 &&
+	       (tail[5] == 'I' || tail[5] == 'T' || tail[5] == 'E');
+}
 
 /* The destination drained: the source may read again. */
 static void relay_drained_cb(struct bufferevent *dst, void *arg)
@@ -39,10 +53,13 @@ static void relay_read_cb(struct bufferevent *src, void *arg)
 	struct evbuffer *in = bufferevent_get_input(src), *out = bufferevent_get_output(dst);
 	size_t n = evbuffer_get_length(in);
 
-	if (from_client)
+	if (from_client) {
 		c->bytes_in += n;
-	else
+		c->server_idle = false;
+	} else {
 		c->bytes_out += n;
+		c->server_idle = relay_ends_ready(in, n);
+	}
 	/* The common case, a plaintext peer with nothing queued: send now.  Handing the bytes to the output
 	 * buffer instead would make the bufferevent arm a write event, wait a loop turn and disarm it again:
 	 * two epoll_ctl calls and a wakeup per message.  What the socket does not take is queued as usual. */
@@ -76,7 +93,9 @@ static void relay_event_cb(struct bufferevent *bev, short what, void *arg)
 void relay_start(struct conn *c)
 {
 	c->state = CONN_RELAY;
+	c->server_idle = true; /* backend.c has just passed on the server's ReadyForQuery */
 	evtimer_del(c->timer);
+	conn_login_done(c);
 	bufferevent_setcb(c->client, relay_read_cb, NULL, relay_event_cb, c);
 	bufferevent_setcb(c->server, relay_read_cb, NULL, relay_event_cb, c);
 	bufferevent_enable(c->client, EV_READ);
