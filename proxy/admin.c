@@ -164,7 +164,7 @@ static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
 			if (routed)
 				timeline_label(&it->route.id.tl, tl, sizeof(tl));
 			if (servers) {
-				if (!it->server)
+				if (!it->server && it->rs.fd < 0)
 					continue;
 				const char *v[] = {num(0, it->id), it->inst->name, it->route.dbname, num(1, it->be_pid),
 						   it->be_ssl ? "yes" : "no",

@@ -6,6 +6,7 @@
 #include "proxy/cli.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,8 +210,74 @@ void cli_print_json_string(const char *s)
 	putchar('"');
 }
 
+/* What `env --cert DIR` prints instead of PGPASSWORD: absolute paths, and a URL that carries them. */
+struct env_cert {
+	char file[3][PATH_MAX];            /* DIR/client.crt, DIR/client.key, DIR/ca.crt */
+	char url[2048 + 3 * 3 * PATH_MAX]; /* DATABASE_URL */
+	const char *names[ENV_NVARS + 2], *values[ENV_NVARS + 2];
+	int n;
+};
+
+/*
+ * The variables of e with DIR's client certificate (from `pglane certs issue --out DIR`) in place of the
+ * password: PGSSLCERT, PGSSLKEY, and PGSSLROOTCERT with PGSSLMODE=verify-full when DIR/ca.crt exists (else
+ * require).  Returns false after printing why when the directory or a client file cannot be read.
+ */
+static bool env_cert_build(const char *dir, const struct env_vars *e, struct env_cert *ec)
+{
+	static const char *const base[3] = {"client.crt", "client.key", "ca.crt"};
+	static const char *const var[3] = {"PGSSLCERT", "PGSSLKEY", "PGSSLROOTCERT"};
+	static const char *const param[3] = {"sslcert", "sslkey", "sslrootcert"};
+	char abs[PATH_MAX], enc[3 * PATH_MAX], euser[1536], edb[256];
+
+	if (!realpath(dir, abs)) {
+		fprintf(stderr, "pglane env: --cert %s: %s\n", dir, strerror(errno));
+		return false;
+	}
+	for (int i = 0; i < 3; i++) {
+		if ((size_t)snprintf(ec->file[i], PATH_MAX, "%s/%s", abs, base[i]) >= PATH_MAX) {
+			fprintf(stderr, "pglane env: --cert %s: name too long\n", abs);
+			return false;
+		}
+		if (i < 2 && access(ec->file[i], R_OK) != 0) {
+			fprintf(stderr, "pglane env: cannot read %s: %s (`pglane certs issue ... --out DIR` writes it)\n",
+				ec->file[i], strerror(errno));
+			return false;
+		}
+	}
+	bool root = access(ec->file[2], R_OK) == 0;
+	const char *sslmode = root ? "verify-full" : "require";
+	url_encode(e->values[3], euser, sizeof(euser));
+	url_encode(e->values[2], edb, sizeof(edb));
+	bool v6 = strchr(e->values[0], ':') != NULL;
+	int len = snprintf(ec->url, sizeof(ec->url), "postgresql://%s@%s%s%s:%s/%s?sslmode=%s", euser, v6 ? "[" : "",
+			   e->values[0], v6 ? "]" : "", e->values[1], edb, sslmode);
+	ec->n = 0;
+	for (int i = 0; i < 4; i++) { /* PGHOST PGPORT PGDATABASE PGUSER */
+		ec->names[ec->n] = e->names[i];
+		ec->values[ec->n++] = e->values[i];
+	}
+	for (int i = 0; i < (root ? 3 : 2); i++) {
+		ec->names[ec->n] = var[i];
+		ec->values[ec->n++] = ec->file[i];
+		url_encode(ec->file[i], enc, sizeof(enc));
+		if (len >= 0 && (size_t)len < sizeof(ec->url))
+			len += snprintf(ec->url + len, sizeof(ec->url) - (size_t)len, "&%s=%s", param[i], enc);
+	}
+	if (len < 0 || (size_t)len >= sizeof(ec->url)) {
+		fprintf(stderr, "pglane env: DATABASE_URL would be too long\n");
+		return false;
+	}
+	ec->names[ec->n] = e->names[5];
+	ec->values[ec->n++] = sslmode;
+	ec->names[ec->n] = e->names[6];
+	ec->values[ec->n++] = ec->url;
+	return true;
+}
+
 static int cmd_env(int argc, char **argv)
 {
+	static struct env_cert ec;
 	struct cli_args a;
 	struct route r;
 	struct env_vars e;
@@ -229,25 +296,36 @@ static int cmd_env(int argc, char **argv)
 		return 1;
 	}
 	cli_env_build(c, &r, &e);
+	ec.n = ENV_NVARS;
+	for (int i = 0; i < ENV_NVARS; i++) {
+		ec.names[i] = e.names[i];
+		ec.values[i] = e.values[i];
+	}
+	if (a.cert_dir && !env_cert_build(a.cert_dir, &e, &ec)) {
+		OPENSSL_cleanse(&e, sizeof(e));
+		OPENSSL_cleanse(&r, sizeof(r));
+		conf_free(c);
+		return 1;
+	}
 	if (strcmp(fmt, "json") == 0)
 		putchar('{');
-	for (int i = 0; i < ENV_NVARS; i++) {
+	for (int i = 0; i < ec.n; i++) {
 		if (strcmp(fmt, "json") == 0) {
 			printf("%s", i ? ", " : "");
-			cli_print_json_string(e.names[i]);
+			cli_print_json_string(ec.names[i]);
 			printf(": ");
-			cli_print_json_string(e.values[i]);
+			cli_print_json_string(ec.values[i]);
 		} else if (strcmp(fmt, "dotenv") == 0) {
 			/* Bare when nothing in it needs quoting (every value pglane makes, but for odd branches). */
-			printf("%s=", e.names[i]);
-			if (strspn(e.values[i], DOTENV_SAFE) == strlen(e.values[i]))
-				fputs(e.values[i], stdout);
+			printf("%s=", ec.names[i]);
+			if (strspn(ec.values[i], DOTENV_SAFE) == strlen(ec.values[i]))
+				fputs(ec.values[i], stdout);
 			else
-				print_shell_quoted(e.values[i]);
+				print_shell_quoted(ec.values[i]);
 			putchar('\n');
 		} else {
-			printf("export %s=", e.names[i]);
-			print_shell_quoted(e.values[i]);
+			printf("export %s=", ec.names[i]);
+			print_shell_quoted(ec.values[i]);
 			putchar('\n');
 		}
 	}

@@ -104,6 +104,7 @@ struct conn *conn_new(struct proxy *px, evutil_socket_t fd, const struct sockadd
 	clock_gettime(CLOCK_MONOTONIC, &c->started);
 	conn_format_peer(sa, c->peer, sizeof(c->peer));
 	c->snap = snapshot_ref(px->snap);
+	c->rc.fd = c->rs.fd = -1;
 	c->client = bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	c->timer = evtimer_new(px->base, conn_timer_cb, c);
 	c->lg = calloc(1, sizeof(*c->lg));
@@ -131,6 +132,7 @@ static void conn_free(struct conn *c)
 		bufferevent_free(c->client);
 	if (c->server)
 		bufferevent_free(c->server);
+	relay_free(c);
 	event_free(c->timer);
 	conn_login_done(c);
 	snapshot_unref(c->snap);
@@ -183,6 +185,7 @@ void conn_close(struct conn *c, const char *reason)
 		bufferevent_disable(c->client, EV_READ | EV_WRITE);
 	if (c->server)
 		bufferevent_disable(c->server, EV_READ | EV_WRITE);
+	relay_stop(c, false);
 	evtimer_del(c->timer);
 	c->px->nclients--;
 	c->px->stats.bytes_in += c->bytes_in;
@@ -199,6 +202,13 @@ void conn_close(struct conn *c, const char *reason)
 
 bool conn_send(struct conn *c, struct pgbuf *b)
 {
+	if (c->rc.fd >= 0) { /* a raw client: relay.c queues and sends */
+		bool ok = !b->oom && relay_client_write(c, b->data, b->len);
+		if (b->oom)
+			conn_close(c, "out of memory");
+		pgbuf_free(b);
+		return ok && c->state != CONN_CLOSED;
+	}
 	bool ok = !b->oom && bufferevent_write(c->client, b->data, b->len) == 0;
 
 	pgbuf_free(b);
@@ -243,6 +253,7 @@ static void conn_vfail(struct conn *c, const char *sqlstate, const char *hint, c
 		bufferevent_free(c->server);
 		c->server = NULL;
 	}
+	relay_close_server(c);
 	if (conn_send(c, &b))
 		conn_close_after_flush(c, reason);
 }
@@ -253,18 +264,22 @@ void conn_close_after_flush(struct conn *c, const char *reason)
 		return;
 	c->closing = true;
 	c->close_reason = reason;
-	if (evbuffer_get_length(bufferevent_get_output(c->client)) == 0) {
+	if (relay_pending(c, true) == 0) {
 		conn_close(c, reason);
 		return;
 	}
 	/* Flush, then close; the timer bounds how long a client that does not read can hold us. */
+	conn_arm_timer(c, 5000);
 	if (c->server)
 		bufferevent_disable(c->server, EV_READ);
+	if (c->rc.fd >= 0) { /* a raw client: relay.c's write event closes it once flushed */
+		relay_stop(c, true);
+		return;
+	}
 	bufferevent_disable(c->client, EV_READ);
 	bufferevent_setwatermark(c->client, EV_WRITE, 0, 0);
 	bufferevent_setcb(c->client, NULL, conn_flushed_cb, conn_flush_event_cb, c);
 	bufferevent_enable(c->client, EV_WRITE);
-	conn_arm_timer(c, 5000);
 }
 
 struct bufferevent *conn_upgrade_tls(struct proxy *px, struct bufferevent *plain, SSL *ssl, bool accepting)
@@ -360,8 +375,7 @@ void proxy_caches_free(struct proxy *px)
 
 void conn_terminate(struct conn *c)
 {
-	if (c->state == CONN_RELAY && c->server_idle &&
-	    evbuffer_get_length(bufferevent_get_output(c->client)) == 0) {
+	if (c->state == CONN_RELAY && c->server_idle && relay_pending(c, true) == 0) {
 		conn_fail(c, "57P01", "shutdown", "terminating connection due to administrator command");
 		return;
 	}

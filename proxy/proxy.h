@@ -80,13 +80,25 @@ struct conn_login {
 	bool sasl_first_done;       /* SASLInitialResponse handled; the next 'p' is the final message */
 };
 
+/* A plaintext side during the relay: its raw socket (relay.c). */
+struct relay_raw {
+	evutil_socket_t fd;   /* owned; -1 while this side is a bufferevent (or gone) */
+	struct event *rev;    /* owned: EV_READ | EV_PERSIST */
+	struct event *wev;    /* owned: EV_WRITE, pending only while out holds bytes */
+	struct evbuffer *out; /* owned: what the socket has not taken yet; NULL until first needed */
+};
+#define RELAY_BLOCKED_CLIENT 1u /* not reading the client: the server's side is full */
+#define RELAY_BLOCKED_SERVER 2u /* not reading the server: the client's side is full */
+
 struct conn {
 	uint64_t id;
 	enum conn_state state;
 	struct proxy *px;           /* borrowed */
 	struct snapshot *snap;      /* reference held from routing on */
-	struct bufferevent *client; /* owned */
-	struct bufferevent *server; /* owned */
+	struct bufferevent *client; /* owned; NULL once a plaintext client relays on rc */
+	struct bufferevent *server; /* owned; NULL once a plaintext server relays on rs */
+	struct relay_raw rc, rs;    /* the client's and the server's raw sockets during the relay */
+	unsigned relay_blocked;     /* RELAY_BLOCKED_* */
 	struct event *timer;        /* owned: login, then connect timeout */
 	char peer[64];              /* "10.0.0.7:51234" */
 	struct timespec started;
@@ -117,7 +129,7 @@ struct conn {
 
 	/* relay */
 	uint64_t bytes_in, bytes_out; /* from the client, to the client */
-	bool server_idle;             /* the server's last bytes were a ReadyForQuery and the client sent none since */
+	bool server_idle;             /* the server's last bytes were a ReadyForQuery: a message boundary */
 
 	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
 
@@ -199,9 +211,9 @@ void conn_close_after_flush(struct conn *c, const char *reason);
 /* Replaces plain (freed; its socket kept) by a TLS bufferevent on the same socket; NULL on failure
  * (then the socket is closed and ssl freed). */
 struct bufferevent *conn_upgrade_tls(struct proxy *px, struct bufferevent *plain, SSL *ssl, bool accepting);
-/* Ends c for a shutdown: a session the server left idle (ReadyForQuery last) gets FATAL 57P01 as
- * PostgreSQL sends it; one in the middle of a reply is closed, since an error there would corrupt the
- * stream. */
+/* Ends c for a shutdown: a session whose server stream stands at a message boundary (ReadyForQuery last,
+ * the client idle or waiting for an answer) gets FATAL 57P01 as PostgreSQL sends it; one in the middle of
+ * a reply is closed, since an error there would corrupt the stream. */
 void conn_terminate(struct conn *c);
 /* Queues b to the client; false (and c closed) if it could not be queued. */
 bool conn_send(struct conn *c, struct pgbuf *b);
@@ -245,6 +257,14 @@ void conn_login_done(struct conn *c);
 /* relay.c: what waits for one side past RELAY_HIGH stops reading from the other. */
 #define RELAY_HIGH (256 * 1024)
 void relay_start(struct conn *c);
+/* What the client (client = true) or the server has yet to be sent. */
+size_t relay_pending(struct conn *c, bool client);
+/* Queues bytes to a raw client; false (c closed) on failure. */
+bool relay_client_write(struct conn *c, const void *p, size_t n);
+/* Stops the raw sides' events; keep_client_writes leaves the client's write event to flush. */
+void relay_stop(struct conn *c, bool keep_client_writes);
+void relay_close_server(struct conn *c);
+void relay_free(struct conn *c);
 
 /* cancel map and caches (conn.c) */
 void proxy_caches_free(struct proxy *px);

@@ -1,77 +1,237 @@
 /*
  * relay: forwarding both ways once the server said ReadyForQuery.
  *
- * Bytes move between evbuffers by handing over their chains (evbuffer_add_buffer): no copy, no
- * parsing, no allocation per message.  Back-pressure: when what waits for one side passes
- * RELAY_HIGH, pglane stops reading from the other side until it drains below RELAY_HIGH / 2, so a
- * client that stops reading holds at most about RELAY_HIGH bytes of pglane's memory.
+ * A plaintext side leaves its bufferevent at relay_start() and relays on its raw socket: recv() into a
+ * buffer on the stack and send() straight on to the other side, one system call each way, no ioctl
+ * before each read, no write event armed and disarmed per message, no allocation per message, no parsing.
+ * Only what a socket does not take goes into an evbuffer, with a write event until it drains.  A TLS side
+ * stays a bufferevent_openssl; the four combinations share relay_deliver().
+ *
+ * Back-pressure: when what waits for one side passes RELAY_HIGH, pglane stops reading from the other side
+ * until it drains below RELAY_HIGH / 2, so a client that stops reading holds at most about RELAY_HIGH bytes
+ * of pglane's memory and the server feels it as a full socket (it waits on ClientWrite).
  */
 #include "proxy/proxy.h"
 
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <event2/buffer.h>
 
+#define RELAY_CHUNK 16384 /* bytes per recv(); PostgreSQL writes in 8 kB pieces */
+#define RELAY_READS 4     /* recv()s per wakeup while they come back full */
 
 static void relay_read_cb(struct bufferevent *bev, void *arg);
 static void relay_event_cb(struct bufferevent *bev, short what, void *arg);
 
-/* Whether what the server sent ends in a ReadyForQuery ('Z', length 5, status): the session is then idle
- * at a message boundary, where pglane may speak to the client itself (shutdown's 57P01).  Six bytes
- * copied per read: no parsing of the stream. */
-static bool relay_ends_ready(struct evbuffer *in, size_t n)
+static struct relay_raw *relay_raw_of(struct conn *c, bool client)
 {
-	uint8_t tail[6];
-	struct evbuffer_ptr pos;
-
-	if (n < sizeof(tail) || evbuffer_ptr_set(in, &pos, n - sizeof(tail), EVBUFFER_PTR_SET) != 0 ||
-	    evbuffer_copyout_from(in, &pos, tail, sizeof(tail)) != (ev_ssize_t)sizeof(tail))
-		return false;
-	return tail[0] == PG_MSG_READY_FOR_QUERY && tail[1] == 0 && tail[2] == 0 && tail[3] == 0 && tail[4] == 5 &&
-	       (tail[5] == 'I' || tail[5] == 'T' || tail[5] == 'E');
+	return client ? &c->rc : &c->rs;
 }
 
-/* The destination drained: the source may read again. */
+static struct bufferevent *relay_bev_of(struct conn *c, bool client)
+{
+	return client ? c->client : c->server;
+}
+
+size_t relay_pending(struct conn *c, bool client)
+{
+	struct relay_raw *r = relay_raw_of(c, client);
+	struct bufferevent *b = relay_bev_of(c, client);
+
+	if (r->fd >= 0)
+		return r->out ? evbuffer_get_length(r->out) : 0;
+	return b ? evbuffer_get_length(bufferevent_get_output(b)) : 0;
+}
+
+static void relay_reading(struct conn *c, bool client, bool on)
+{
+	struct relay_raw *r = relay_raw_of(c, client);
+	struct bufferevent *b = relay_bev_of(c, client);
+
+	if (r->fd >= 0)
+		on ? event_add(r->rev, NULL) : event_del(r->rev);
+	else if (b)
+		on ? bufferevent_enable(b, EV_READ) : bufferevent_disable(b, EV_READ);
+}
+
+/* Whether what the server sent ends in a ReadyForQuery ('Z', length 5, status): the stream to the client
+ * then stands at a message boundary, where pglane may speak to the client itself (shutdown's 57P01), even
+ * while the client waits for the answer to a query it has sent since. */
+static bool relay_is_ready_tail(const uint8_t t[6])
+{
+	return t[0] == PG_MSG_READY_FOR_QUERY && t[1] == 0 && t[2] == 0 && t[3] == 0 && t[4] == 5 &&
+	       (t[5] == 'I' || t[5] == 'T' || t[5] == 'E');
+}
+
+static void relay_count(struct conn *c, bool from_client, const uint8_t *tail6, size_t n)
+{
+	if (from_client) {
+		c->bytes_in += n;
+	} else {
+		c->bytes_out += n;
+		c->server_idle = tail6 && relay_is_ready_tail(tail6);
+	}
+}
+
+/* The destination dst now holds a lot: stop reading its source until it drains. */
+static void relay_check_full(struct conn *c, bool dst_client)
+{
+	if (relay_pending(c, dst_client) < RELAY_HIGH)
+		return;
+	relay_reading(c, !dst_client, false);
+	c->relay_blocked |= dst_client ? RELAY_BLOCKED_SERVER : RELAY_BLOCKED_CLIENT;
+	struct bufferevent *b = relay_bev_of(c, dst_client);
+	if (b && relay_raw_of(c, dst_client)->fd < 0)
+		bufferevent_setwatermark(b, EV_WRITE, RELAY_HIGH / 2, 0);
+}
+
+/* dst drained below the low mark: its source may read again. */
+static void relay_check_drained(struct conn *c, bool dst_client)
+{
+	unsigned bit = dst_client ? RELAY_BLOCKED_SERVER : RELAY_BLOCKED_CLIENT;
+
+	if (!(c->relay_blocked & bit) || relay_pending(c, dst_client) > RELAY_HIGH / 2)
+		return;
+	c->relay_blocked &= ~bit;
+	struct bufferevent *b = relay_bev_of(c, dst_client);
+	if (b && relay_raw_of(c, dst_client)->fd < 0)
+		bufferevent_setwatermark(b, EV_WRITE, 0, 0);
+	relay_reading(c, !dst_client, true);
+}
+
+/* A side failed or ended: the client's end closes everything; the server's end delivers what the client
+ * has yet to receive (a FATAL 57P01 the server sent before it went, say), then closes. */
+static void relay_side_ended(struct conn *c, bool client, bool error)
+{
+	if (client)
+		conn_close(c, error ? "client connection error" : "client closed the connection");
+	else
+		conn_close_after_flush(c, error ? "server connection error" : "server closed the connection");
+}
+
+/* Sends what a raw side has queued.  Returns false when the socket failed (c is then closing). */
+static bool relay_raw_flush(struct conn *c, bool client)
+{
+	struct relay_raw *r = relay_raw_of(c, client);
+
+	if (!r->out || evbuffer_get_length(r->out) == 0)
+		return true;
+	if (evbuffer_write(r->out, r->fd) < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+		relay_side_ended(c, client, true);
+		return false;
+	}
+	if (evbuffer_get_length(r->out) > 0)
+		event_add(r->wev, NULL);
+	return true;
+}
+
+/* n bytes at p (or, when p is NULL, everything in buf) go to the client (to_client) or the server. */
+static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf)
+{
+	struct relay_raw *r = relay_raw_of(c, to_client);
+	struct bufferevent *b = relay_bev_of(c, to_client);
+
+	if (r->fd < 0) {
+		int rc = p ? bufferevent_write(b, p, n) : evbuffer_add_buffer(bufferevent_get_output(b), buf);
+		if (rc != 0) {
+			conn_close(c, "out of memory");
+			return false;
+		}
+		relay_check_full(c, to_client);
+		return true;
+	}
+	if (!r->out || evbuffer_get_length(r->out) == 0) {
+		/* Nothing queued: straight to the socket; only the rest is queued. */
+		ssize_t k = p ? send(r->fd, p, n, MSG_NOSIGNAL) : evbuffer_write(buf, r->fd);
+		if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+			relay_side_ended(c, to_client, true);
+			return false;
+		}
+		if (p && k > 0)
+			p += k, n -= (size_t)k;
+		if (p ? n == 0 : evbuffer_get_length(buf) == 0)
+			return true;
+	}
+	if (!r->out && !(r->out = evbuffer_new())) {
+		conn_close(c, "out of memory");
+		return false;
+	}
+	if ((p ? evbuffer_add(r->out, p, n) : evbuffer_add_buffer(r->out, buf)) != 0) {
+		conn_close(c, "out of memory");
+		return false;
+	}
+	event_add(r->wev, NULL);
+	relay_check_full(c, to_client);
+	return true;
+}
+
+static void relay_raw_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	bool from_client = fd == c->rc.fd;
+	uint8_t buf[RELAY_CHUNK];
+
+	for (int i = 0; i < RELAY_READS && c->state == CONN_RELAY && !c->closing; i++) {
+		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+			relay_side_ended(c, from_client, n < 0);
+			return;
+		}
+		if (n < 0)
+			return;
+		relay_count(c, from_client, n >= 6 ? buf + n - 6 : NULL, (size_t)n);
+		if (!relay_deliver(c, !from_client, buf, (size_t)n, NULL))
+			return;
+		unsigned blocked = from_client ? RELAY_BLOCKED_CLIENT : RELAY_BLOCKED_SERVER;
+		if ((size_t)n < sizeof(buf) || (c->relay_blocked & blocked))
+			return;
+	}
+}
+
+static void relay_raw_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	bool to_client = fd == c->rc.fd;
+
+	if (c->state == CONN_CLOSED || !relay_raw_flush(c, to_client))
+		return;
+	if (relay_pending(c, to_client) == 0 && c->closing && to_client) {
+		conn_close(c, c->close_reason);
+		return;
+	}
+	relay_check_drained(c, to_client);
+}
+
+/* The destination bufferevent drained below its low watermark. */
 static void relay_drained_cb(struct bufferevent *dst, void *arg)
 {
 	struct conn *c = arg;
 
 	if (c->state == CONN_CLOSED || c->closing)
 		return;
-	struct bufferevent *src = dst == c->client ? c->server : c->client;
-	bufferevent_setcb(dst, relay_read_cb, NULL, relay_event_cb, c);
-	bufferevent_setwatermark(dst, EV_WRITE, 0, 0);
-	bufferevent_enable(src, EV_READ);
+	relay_check_drained(c, dst == c->client);
 }
 
 static void relay_read_cb(struct bufferevent *src, void *arg)
 {
 	struct conn *c = arg;
+	uint8_t tail[6];
+	struct evbuffer_ptr pos;
 
 	if (c->state == CONN_CLOSED || c->closing)
 		return;
 	bool from_client = src == c->client;
-	struct bufferevent *dst = from_client ? c->server : c->client;
-	struct evbuffer *in = bufferevent_get_input(src), *out = bufferevent_get_output(dst);
+	struct evbuffer *in = bufferevent_get_input(src);
 	size_t n = evbuffer_get_length(in);
+	bool have_tail = !from_client && n >= 6 && evbuffer_ptr_set(in, &pos, n - 6, EVBUFFER_PTR_SET) == 0 &&
+			 evbuffer_copyout_from(in, &pos, tail, 6) == 6;
 
-	if (from_client) {
-		c->bytes_in += n;
-		c->server_idle = false;
-	} else {
-		c->bytes_out += n;
-		c->server_idle = relay_ends_ready(in, n);
-	}
-	/* The common case, a plaintext peer with nothing queued: send now.  Handing the bytes to the output
-	 * buffer instead would make the bufferevent arm a write event, wait a loop turn and disarm it again:
-	 * two epoll_ctl calls and a wakeup per message.  What the socket does not take is queued as usual. */
-	if (evbuffer_get_length(out) == 0 && !(from_client ? c->be_ssl != NULL : c->client_tls))
-		evbuffer_write(in, bufferevent_getfd(dst));
-	if (evbuffer_get_length(in) > 0)
-		evbuffer_add_buffer(out, in);
-	if (evbuffer_get_length(out) >= RELAY_HIGH) {
-		bufferevent_disable(src, EV_READ);
-		bufferevent_setwatermark(dst, EV_WRITE, RELAY_HIGH / 2, 0);
-		bufferevent_setcb(dst, relay_read_cb, relay_drained_cb, relay_event_cb, c);
-	}
+	relay_count(c, from_client, have_tail ? tail : NULL, n);
+	relay_deliver(c, !from_client, NULL, n, in);
 }
 
 static void relay_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -80,29 +240,114 @@ static void relay_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (c->state == CONN_CLOSED || c->closing)
 		return;
-	if (bev == c->client) {
-		conn_close(c, what & BEV_EVENT_EOF ? "client closed the connection" : "client connection error");
-		return;
+	if (bev == c->server)
+		relay_read_cb(bev, c);
+	relay_side_ended(c, bev == c->client, !(what & BEV_EVENT_EOF));
+}
+
+/*
+ * Takes side's socket out of its plaintext bufferevent: what the bufferevent still had to write is queued
+ * on the raw side, what it had read is moved to leftover for relay_start() to deliver.
+ */
+static bool relay_go_raw(struct conn *c, bool client, struct evbuffer *leftover)
+{
+	struct bufferevent **bp = client ? &c->client : &c->server;
+	struct relay_raw *r = relay_raw_of(c, client);
+	evutil_socket_t fd = bufferevent_getfd(*bp);
+	struct evbuffer *bout = bufferevent_get_output(*bp);
+
+	r->rev = event_new(c->px->base, fd, EV_READ | EV_PERSIST, relay_raw_read_cb, c);
+	r->wev = event_new(c->px->base, fd, EV_WRITE, relay_raw_write_cb, c);
+	if (!r->rev || !r->wev)
+		return false;
+	if (evbuffer_get_length(bout) > 0) {
+		if (!(r->out = evbuffer_new()))
+			return false;
+		evbuffer_unfreeze(bout, 1); /* the bufferevent keeps its output's front to itself */
+		evbuffer_add_buffer(r->out, bout);
 	}
-	/* The server went away (a FATAL it sent, 57P01, is already in the client's output): deliver what is
-	 * there, then close. */
-	relay_read_cb(bev, c);
-	conn_close_after_flush(c, what & BEV_EVENT_EOF ? "server closed the connection" : "server connection error");
+	evbuffer_add_buffer(leftover, bufferevent_get_input(*bp));
+	bufferevent_setfd(*bp, -1);
+	bufferevent_free(*bp);
+	*bp = NULL;
+	r->fd = fd;
+	return true;
 }
 
 void relay_start(struct conn *c)
 {
+	struct evbuffer *from_client = evbuffer_new(), *from_server = evbuffer_new();
+
 	c->state = CONN_RELAY;
 	c->server_idle = true; /* backend.c has just passed on the server's ReadyForQuery */
 	evtimer_del(c->timer);
 	conn_login_done(c);
-	bufferevent_setcb(c->client, relay_read_cb, NULL, relay_event_cb, c);
-	bufferevent_setcb(c->server, relay_read_cb, NULL, relay_event_cb, c);
-	bufferevent_enable(c->client, EV_READ);
-	bufferevent_enable(c->server, EV_READ);
+	if (!from_client || !from_server || (!c->client_tls && !relay_go_raw(c, true, from_client)) ||
+	    (!c->be_ssl && !relay_go_raw(c, false, from_server))) {
+		conn_close(c, "out of memory");
+		goto out;
+	}
+	for (int client = 0; client < 2; client++) {
+		struct relay_raw *r = relay_raw_of(c, client);
+		struct bufferevent *b = relay_bev_of(c, client);
+		if (r->fd >= 0) {
+			event_add(r->rev, NULL);
+			if (r->out)
+				event_add(r->wev, NULL);
+		} else {
+			bufferevent_setcb(b, relay_read_cb, relay_drained_cb, relay_event_cb, c);
+			bufferevent_enable(b, EV_READ | EV_WRITE);
+		}
+	}
 	/* Whatever the client sent while the backend logged in (pipelined queries) goes now. */
-	if (evbuffer_get_length(bufferevent_get_input(c->client)) > 0)
-		relay_read_cb(c->client, c);
-	if (c->state == CONN_RELAY && evbuffer_get_length(bufferevent_get_input(c->server)) > 0)
-		relay_read_cb(c->server, c);
+	if (evbuffer_get_length(from_client) > 0)
+		relay_deliver(c, false, NULL, 0, from_client);
+	if (c->state == CONN_RELAY && !c->closing && evbuffer_get_length(from_server) > 0)
+		relay_deliver(c, true, NULL, 0, from_server);
+out:
+	if (from_client)
+		evbuffer_free(from_client);
+	if (from_server)
+		evbuffer_free(from_server);
+}
+
+bool relay_client_write(struct conn *c, const void *p, size_t n)
+{
+	return relay_deliver(c, true, p, n, NULL);
+}
+
+void relay_stop(struct conn *c, bool keep_client_writes)
+{
+	for (int client = 0; client < 2; client++) {
+		struct relay_raw *r = relay_raw_of(c, client);
+		if (r->rev)
+			event_del(r->rev);
+		if (r->wev && !(client && keep_client_writes))
+			event_del(r->wev);
+	}
+}
+
+static void relay_raw_free(struct relay_raw *r)
+{
+	if (r->rev)
+		event_free(r->rev);
+	if (r->wev)
+		event_free(r->wev);
+	if (r->out)
+		evbuffer_free(r->out);
+	if (r->fd >= 0)
+		evutil_closesocket(r->fd);
+	memset(r, 0, sizeof(*r));
+	r->fd = -1;
+}
+
+void relay_close_server(struct conn *c)
+{
+	relay_raw_free(&c->rs);
+}
+
+void relay_free(struct conn *c)
+{
+	relay_raw_free(&c->rc);
+	relay_raw_free(&c->rs);
 }
