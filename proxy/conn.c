@@ -52,6 +52,10 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 		conn_close(c, "client did not read its error");
 		return;
 	}
+	if (c->deferred) {
+		frontend_deferred(c);
+		return;
+	}
 	if (c->state == CONN_CONNECT && c->be_phase == BE_PROVISION) {
 		conn_fail(c, "57014", "provisioning timeout", "timed out waiting for database \"%s\" to be created",
 			  c->route.dbname);
@@ -370,6 +374,7 @@ void proxy_caches_free(struct proxy *px)
 {
 	OPENSSL_LH_free(px->cancel_map);
 	px->cancel_map = NULL;
+	ratelimit_free(px);
 	frontend_caches_free(px);
 }
 

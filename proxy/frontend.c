@@ -91,6 +91,14 @@ static void secret_entry_free(void *p)
  * the same in every pglane process and after a restart.  The first login of a credential pays one
  * PBKDF2 run; every later one pays nothing here.
  */
+static bool fe_secret_cached(struct proxy *px, const char *token)
+{
+	struct secret_entry probe;
+
+	snprintf(probe.token, sizeof(probe.token), "%s", token);
+	return px->secret_cache && OPENSSL_LH_retrieve(px->secret_cache, &probe);
+}
+
 static bool fe_secret_for(struct proxy *px, const char *token, struct scram_secret *out)
 {
 	struct secret_entry probe, *e;
@@ -144,6 +152,17 @@ static void fe_mock_secret(struct proxy *px, const char *user, struct scram_secr
 
 /* ---------------------------------------------------------------- startup */
 
+/* Takes step later (RATELIMIT_DELAY_MS): the client hears nothing meanwhile and is not read. */
+static void fe_defer(struct conn *c, int step)
+{
+	if (!c->deferred)
+		log_conn(LOG_WARNING, c, "peer over its %s budget: answer delayed %d ms",
+			 step == DEFER_START_AUTH ? "new-credential" : "failed-login", RATELIMIT_DELAY_MS);
+	c->deferred = step;
+	bufferevent_disable(c->client, EV_READ);
+	conn_arm_timer(c, RATELIMIT_DELAY_MS);
+}
+
 static void fe_start_auth(struct conn *c)
 {
 	const struct conf *conf = c->snap->conf;
@@ -154,6 +173,15 @@ static void fe_start_auth(struct conn *c)
 	size_t cbind_len = 0;
 
 	c->state = CONN_AUTH;
+	/* A credential not seen yet costs a PBKDF2 run before anything is proven: a peer inventing branch
+	 * names by the thousand waits instead of burning our CPU. */
+	const char *password = c->admin ? conf->admin_password : c->route.token;
+	if (c->route_res != ROUTE_UNKNOWN_APP && !c->deferred && !fe_secret_cached(c->px, password) &&
+	    !ratelimit_take(c->px, c, RATELIMIT_DERIVE)) {
+		fe_defer(c, DEFER_START_AUTH);
+		return;
+	}
+	c->deferred = DEFER_NONE;
 	if (conf->allow_cleartext && c->client_tls) {
 		c->lg->cleartext = true;
 		pg_put_auth(&b, PG_AUTH_CLEARTEXT, NULL, 0);
@@ -162,7 +190,7 @@ static void fe_start_auth(struct conn *c)
 	}
 	if (c->route_res == ROUTE_UNKNOWN_APP)
 		fe_mock_secret(c->px, user, &sec);
-	else if (!fe_secret_for(c->px, c->admin ? conf->admin_password : c->route.token, &sec)) {
+	else if (!fe_secret_for(c->px, password, &sec)) {
 		conn_fail(c, "53200", "out of memory", "out of memory");
 		return;
 	}
@@ -450,8 +478,14 @@ static void fe_auth_failed(struct conn *c, const char *why)
 {
 	const char *user = pg_startup_get(&c->lg->su, "user");
 
-	c->px->stats.auth_fail_password++;
-	log_conn(LOG_INFO, c, "authentication failed for \"%s\": %s", user, why);
+	if (!c->deferred) {
+		c->px->stats.auth_fail_password++;
+		log_conn(LOG_INFO, c, "authentication failed for \"%s\": %s", user, why);
+		if (!ratelimit_take(c->px, c, RATELIMIT_FAIL)) {
+			fe_defer(c, DEFER_AUTH_FAILED);
+			return;
+		}
+	}
 	conn_fail(c, "28P01", "authentication failed", "password authentication failed for user \"%s\"", user);
 }
 
@@ -576,6 +610,18 @@ static void fe_on_auth(struct conn *c, struct evbuffer *in)
 		fe_on_auth_msg(c, &m);
 		OPENSSL_cleanse(msg, total);
 	}
+}
+
+void frontend_deferred(struct conn *c)
+{
+	int step = c->deferred;
+
+	conn_arm_timer(c, c->snap->conf->login_timeout_ms);
+	bufferevent_enable(c->client, EV_READ);
+	if (step == DEFER_START_AUTH)
+		fe_start_auth(c); /* c->deferred still set: no second wait */
+	else
+		fe_auth_failed(c, NULL);
 }
 
 static void fe_read_cb(struct bufferevent *bev, void *arg)

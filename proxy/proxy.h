@@ -114,6 +114,7 @@ struct conn {
 	enum route_res route_res;
 	bool parked;                /* on px->paused (PAUSE) */
 	bool admin_ignore_until_sync; /* admin console: an extended-protocol message was refused */
+	enum { DEFER_NONE, DEFER_START_AUTH, DEFER_AUTH_FAILED } deferred; /* a tarpitted step (ratelimit.c) */
 	bool admin;                 /* logging in to the virtual database "pglane" as admin_user */
 
 	/* backend */
@@ -170,6 +171,7 @@ struct proxy {
 	size_t nclients;
 	void *cancel_map;          /* OPENSSL_LHASH of struct conn by cancel_key */
 	void *secret_cache;        /* OPENSSL_LHASH of derived SCRAM secrets */
+	void *peers;               /* OPENSSL_LHASH of per-address budgets (ratelimit.c) */
 	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
 	uint8_t mock_key[32];      /* salts for unknown users, stable within the process */
 	struct stats stats;
@@ -223,6 +225,8 @@ void conn_reap_now(struct proxy *px);
 /* frontend.c */
 void frontend_start(struct conn *c);
 void frontend_caches_free(struct proxy *px);
+/* The timer of a connection with c->deferred set: take the delayed step now. */
+void frontend_deferred(struct conn *c);
 
 /* backend.c */
 void bev_set_nodelay(struct bufferevent *bev);
@@ -253,6 +257,17 @@ void proxy_begin_shutdown(struct proxy *px);
 
 /* Frees c->lg: the session no longer needs its login state. */
 void conn_login_done(struct conn *c);
+
+/* ratelimit.c: per-peer budgets before authentication; over budget, answers are delayed. */
+enum ratelimit_kind { RATELIMIT_FAIL, RATELIMIT_DERIVE };
+#define RATELIMIT_FAIL_BURST 20
+#define RATELIMIT_FAIL_REFILL_MS 3000.0  /* 20 failed logins a minute, after a burst of 20 */
+#define RATELIMIT_DERIVE_BURST 100
+#define RATELIMIT_DERIVE_REFILL_MS 100.0 /* ten new credentials a second (1% of a core), after 100 */
+#define RATELIMIT_DELAY_MS 2000
+/* True when c's peer may spend one more of kind now. */
+bool ratelimit_take(struct proxy *px, const struct conn *c, enum ratelimit_kind kind);
+void ratelimit_free(struct proxy *px);
 
 /* relay.c: what waits for one side past RELAY_HIGH stops reading from the other. */
 #define RELAY_HIGH (256 * 1024)

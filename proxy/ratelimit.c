@@ -1,0 +1,95 @@
+/*
+ * ratelimit: what one peer address may make pglane spend before it has authenticated.
+ *
+ * Two token buckets per address: failed logins (RATELIMIT_FAIL_BURST, then one per
+ * RATELIMIT_FAIL_REFILL_MS) and first logins of a credential pglane has not seen yet, each of which costs a
+ * PBKDF2 run (RATELIMIT_DERIVE_BURST, then one per RATELIMIT_DERIVE_REFILL_MS).  A peer over budget is not
+ * refused, which would tell it something: its answer is delayed by RATELIMIT_DELAY_MS (a tarpit), so the
+ * reply is the same whether or not the app or timeline exists, and a flood costs the flooder time, not us
+ * CPU.  The table is bounded: past RATELIMIT_PEERS addresses it starts over.
+ */
+#include "proxy/proxy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/lhash.h>
+
+#define RATELIMIT_PEERS 65536
+
+static const struct {
+	double burst, refill_ms;
+} ratelimit_rules[] = {
+	[RATELIMIT_FAIL] = {RATELIMIT_FAIL_BURST, RATELIMIT_FAIL_REFILL_MS},
+	[RATELIMIT_DERIVE] = {RATELIMIT_DERIVE_BURST, RATELIMIT_DERIVE_REFILL_MS},
+};
+
+struct peer_budget {
+	char addr[64];     /* the peer's address without its port */
+	double tokens[2];  /* by enum ratelimit_kind */
+	int64_t last_ms[2];
+};
+
+static unsigned long peer_hash(const void *p)
+{
+	return OPENSSL_LH_strhash(((const struct peer_budget *)p)->addr);
+}
+
+static int peer_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct peer_budget *)a)->addr, ((const struct peer_budget *)b)->addr);
+}
+
+/* "10.0.0.7:51234" -> "10.0.0.7", "[::1]:5000" -> "::1" */
+static void peer_addr(const char *peer, char *out, size_t outlen)
+{
+	const char *colon = strrchr(peer, ':');
+	size_t n = colon ? (size_t)(colon - peer) : strlen(peer);
+	if (peer[0] == '[' && n >= 2)
+		peer++, n -= 2;
+	snprintf(out, outlen, "%.*s", (int)n, peer);
+}
+
+bool ratelimit_take(struct proxy *px, const struct conn *c, enum ratelimit_kind kind)
+{
+	struct peer_budget probe, *p;
+	struct timespec now;
+
+	if (!px->peers && !(px->peers = OPENSSL_LH_new(peer_hash, peer_cmp)))
+		return true;
+	peer_addr(c->peer, probe.addr, sizeof(probe.addr));
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+	if (!(p = OPENSSL_LH_retrieve(px->peers, &probe))) {
+		if (OPENSSL_LH_num_items(px->peers) >= RATELIMIT_PEERS)
+			ratelimit_free(px);
+		if ((!px->peers && !(px->peers = OPENSSL_LH_new(peer_hash, peer_cmp))) || !(p = malloc(sizeof(*p))))
+			return true;
+		*p = probe;
+		for (int k = 0; k < 2; k++) {
+			p->tokens[k] = ratelimit_rules[k].burst;
+			p->last_ms[k] = ms;
+		}
+		OPENSSL_LH_insert(px->peers, p);
+		if (OPENSSL_LH_error(px->peers)) {
+			free(p);
+			return true;
+		}
+	}
+	double t = p->tokens[kind] + (double)(ms - p->last_ms[kind]) / ratelimit_rules[kind].refill_ms;
+	p->tokens[kind] = t > ratelimit_rules[kind].burst ? ratelimit_rules[kind].burst : t;
+	p->last_ms[kind] = ms;
+	if (p->tokens[kind] < 1)
+		return false;
+	p->tokens[kind] -= 1;
+	return true;
+}
+
+void ratelimit_free(struct proxy *px)
+{
+	if (!px->peers)
+		return;
+	OPENSSL_LH_doall(px->peers, free);
+	OPENSSL_LH_free(px->peers);
+	px->peers = NULL;
+}
