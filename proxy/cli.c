@@ -83,7 +83,7 @@ struct conf *cli_load(const char *cmd, const char *path)
 	struct conf *c = conf_load(path, err, sizeof(err));
 
 	if (!c) {
-		fputs(err, stderr);
+		fprintf(stderr, "%s\n", err);
 		fprintf(stderr, "pglane %s: %s is not valid\n", cmd, path);
 	}
 	return c;
@@ -123,7 +123,7 @@ static int cmd_check(int argc, char **argv)
 	if (!c)
 		return 1;
 	if (conf_warnings(c, err, sizeof(err)) > 0)
-		fputs(err, stderr);
+		fprintf(stderr, "%s\n", err);
 	struct snapshot *s = snapshot_new(c, err, sizeof(err));
 	if (!s) {
 		fprintf(stderr, "%s: %s\n", a.conf_path, err);

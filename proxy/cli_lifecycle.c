@@ -785,8 +785,8 @@ static int test_url(const char *url)
 	    conf_load_string(text, "--url", getcwd(cwd, sizeof(cwd)) ? cwd : ".", err, sizeof(err));
 	OPENSSL_cleanse(text, sizeof(text));
 	if (!c) {
-		fputs(err, stderr);
-		fprintf(stderr, "\npglane test: the --url cannot be used as an instance\n");
+		fprintf(stderr, "%s\n", err);
+		fprintf(stderr, "pglane test: the --url cannot be used as an instance\n");
 		return 1;
 	}
 	colour_init();

@@ -164,7 +164,7 @@ int proxy_run(const char *path)
 	px.conf_path = path;
 	struct conf *conf = conf_load(path, err, sizeof(err));
 	if (!conf) {
-		fputs(err, stderr);
+		fprintf(stderr, "%s\n", err);
 		fprintf(stderr, "pglane: %s is not valid; not starting\n", path);
 		return 1;
 	}
