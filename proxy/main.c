@@ -63,11 +63,12 @@ bool proxy_reload(struct proxy *px, char *err, size_t errlen)
 				 strcmp(old->listen[i].port, conf->listen[i].port) != 0;
 	if (listen_changed)
 		log_msg(LOG_WARNING, "reload: a change of listen takes effect at the next restart");
-	snapshot_unref(px->snap);
+	bool log_changed = !old->log_file || !conf->log_file || strcmp(old->log_file, conf->log_file) != 0 ||
+			   strcmp(old->log_format, conf->log_format) != 0;
+	snapshot_unref(px->snap); /* old is gone from here on */
 	px->snap = s;
 	px->stats.reloads_ok++;
-	if (!old->log_file || !conf->log_file || strcmp(old->log_file, conf->log_file) != 0 ||
-	    strcmp(old->log_format, conf->log_format) != 0)
+	if (log_changed)
 		log_reopen(conf);
 	proxy_apply_log_level(conf);
 	log_msg(LOG_INFO, "reloaded %s: %zu instances, %zu apps", px->conf_path, conf->ninstances, conf->napps);
