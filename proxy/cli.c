@@ -275,6 +275,20 @@ static bool env_cert_build(const char *dir, const struct env_vars *e, struct env
 	return true;
 }
 
+/* The variables for route r: with cert_dir, the certificate ones instead of the password.  Prints why not
+ * and returns false when cert_dir is unusable. */
+static bool env_collect(const struct conf *c, const struct route *r, const char *cert_dir, struct env_vars *e,
+			struct env_cert *ec)
+{
+	cli_env_build(c, r, e);
+	ec->n = ENV_NVARS;
+	for (int i = 0; i < ENV_NVARS; i++) {
+		ec->names[i] = e->names[i];
+		ec->values[i] = e->values[i];
+	}
+	return !cert_dir || env_cert_build(cert_dir, e, ec);
+}
+
 static int cmd_env(int argc, char **argv)
 {
 	static struct env_cert ec;
@@ -295,13 +309,7 @@ static int cmd_env(int argc, char **argv)
 		conf_free(c);
 		return 1;
 	}
-	cli_env_build(c, &r, &e);
-	ec.n = ENV_NVARS;
-	for (int i = 0; i < ENV_NVARS; i++) {
-		ec.names[i] = e.names[i];
-		ec.values[i] = e.values[i];
-	}
-	if (a.cert_dir && !env_cert_build(a.cert_dir, &e, &ec)) {
+	if (!env_collect(c, &r, a.cert_dir, &e, &ec)) {
 		OPENSSL_cleanse(&e, sizeof(e));
 		OPENSSL_cleanse(&r, sizeof(r));
 		conf_free(c);
@@ -342,6 +350,7 @@ static int cmd_exec(int argc, char **argv)
 	struct cli_args a;
 	struct route r;
 	struct env_vars e;
+	struct env_cert ec;
 	int rc = cli_parse("exec", argc, argv, &a);
 
 	if (rc)
@@ -355,9 +364,14 @@ static int cmd_exec(int argc, char **argv)
 		conf_free(c);
 		return 1;
 	}
-	cli_env_build(c, &r, &e);
-	for (int i = 0; i < ENV_NVARS; i++)
-		setenv(e.names[i], e.values[i], 1);
+	if (!env_collect(c, &r, a.cert_dir, &e, &ec)) {
+		conf_free(c);
+		return 1;
+	}
+	if (a.cert_dir)
+		unsetenv("PGPASSWORD"); /* a certificate login: no password from the parent either */
+	for (int i = 0; i < ec.n; i++)
+		setenv(ec.names[i], ec.values[i], 1);
 	conf_free(c);
 	execvp(a.rest[0], a.rest);
 	fprintf(stderr, "pglane exec: cannot run \"%s\": %s\n", a.rest[0], strerror(errno));
