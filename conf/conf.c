@@ -455,7 +455,10 @@ static void finish_pglane(struct parser *p)
 	}
 	take_choice_string(p, GK_LOG_FORMAT, log_format_names, &c->log_format);
 	take_choice_string(p, GK_LOG_LEVEL, log_level_names, &c->log_level);
-	take_path(p, GK_LOG_FILE, false, &c->log_file);
+	if (p->val[GK_LOG_FILE] && strcmp(p->val[GK_LOG_FILE], "syslog") == 0)
+		c->log_file = strdup("syslog"); /* not a path: log to syslog */
+	else
+		take_path(p, GK_LOG_FILE, false, &c->log_file);
 
 	/* What was written decides these checks, even where the value itself was bad. */
 	if (line[GK_TLS_CERT] && !line[GK_TLS_KEY])

@@ -1,7 +1,7 @@
 /*
  * log: one line per event, as text ("2026-11-29T05:10:00.123Z info C-42 demo/production 127.0.0.1:5000 ...")
  * or as JSON ({"ts":...,"level":...,"conn":42,"app":"demo","timeline":"production","peer":...,"msg":...}),
- * to stderr or to log_file (reopened on SIGHUP, for logrotate).  Lines carry the connection; they never
+ * to stderr, to log_file (reopened on SIGHUP, for logrotate) or to syslog (log_file = syslog).  Lines carry the connection; they never
  * carry a password, a token or a SCRAM message.
  */
 #include "proxy/proxy.h"
@@ -13,7 +13,12 @@
 
 static enum log_level log_min = LOG_INFO;
 static bool log_json;
-static FILE *log_out; /* NULL: stderr */
+static bool log_syslog; /* log_file = syslog */
+static FILE *log_out;   /* NULL: stderr (or syslog) */
+
+void log_syslog_open(void);
+void log_syslog_close(void);
+void log_syslog_line(int level, const char *line);
 static const char *const log_names[] = {"debug", "info", "warning", "error"};
 
 void log_set_level(enum log_level l)
@@ -35,7 +40,13 @@ bool log_parse_level(const char *s, enum log_level *out)
 bool log_reopen(const struct conf *c)
 {
 	log_json = c->log_format && strcmp(c->log_format, "json") == 0;
-	if (!c->log_file) {
+	bool to_syslog = c->log_file && strcmp(c->log_file, "syslog") == 0;
+	if (to_syslog && !log_syslog)
+		log_syslog_open();
+	else if (!to_syslog && log_syslog)
+		log_syslog_close();
+	log_syslog = to_syslog;
+	if (!c->log_file || to_syslog) {
 		if (log_out)
 			fclose(log_out);
 		log_out = NULL;
@@ -94,6 +105,18 @@ static void log_vline(enum log_level l, const struct conn *c, const char *fmt, v
 	bool routed = c && c->route.app;
 	if (routed)
 		timeline_label(&c->route.id.tl, tl, sizeof(tl));
+	if (log_syslog) { /* syslog stamps the time and the level itself */
+		char line[1600];
+		if (!c)
+			snprintf(line, sizeof(line), "%s", msg);
+		else if (routed)
+			snprintf(line, sizeof(line), "C-%llu %s/%s %s %s", (unsigned long long)c->id, c->route.id.app, tl,
+				 c->peer, msg);
+		else
+			snprintf(line, sizeof(line), "C-%llu %s %s", (unsigned long long)c->id, c->peer, msg);
+		log_syslog_line(l, line);
+		return;
+	}
 	if (!log_json) {
 		if (!c)
 			fprintf(f, "%s %s %s\n", ts, log_names[l], msg);
