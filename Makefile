@@ -70,7 +70,7 @@ integration: pglane unit-bins
 # The sanitizer build lives in build-asan/ with its own binary, build-asan/pglane; ./pglane is untouched.
 test-asan: deps
 	$(MAKE) BUILD=build-asan PGLANE_BIN=build-asan/pglane OPT="-O1 -g -fno-omit-frame-pointer" SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all" build-asan/pglane unit-bins
-	PGLANE_BIN=build-asan/pglane ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 tests/run-all.sh build-asan
+	PGLANE_BIN=$(CURDIR)/build-asan/pglane ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 tests/run-all.sh build-asan
 
 # deps first, then a fresh make: pkg-config flags are read when make starts, before deps installed them.
 run: deps
