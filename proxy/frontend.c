@@ -49,6 +49,14 @@ static void fe_event_cb(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (c->state == CONN_TLS && (what & BEV_EVENT_ERROR)) {
+		/* Over a filter (direct TLS) OpenSSL's alert (no_application_protocol, protocol_version ...) still
+		 * sits in the plaintext bufferevent below: send it, so the client learns why. */
+		struct bufferevent *under = bufferevent_get_underlying(bev);
+		if (under) {
+			struct evbuffer *out = bufferevent_get_output(under);
+			evbuffer_unfreeze(out, 1);
+			evbuffer_write(out, bufferevent_getfd(under));
+		}
 		conn_close(c, "client TLS handshake failed");
 		return;
 	}
