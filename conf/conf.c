@@ -59,6 +59,8 @@ enum pglane_key {
 	GK_LOG_FORMAT,
 	GK_LOG_LEVEL,
 	GK_LOG_FILE,
+	GK_CLIENT_IDLE_TIMEOUT,
+	GK_CLIENT_WRITE_TIMEOUT,
 	GK_N
 };
 static const char *const pglane_keys[GK_N + 1] = {
@@ -67,7 +69,8 @@ static const char *const pglane_keys[GK_N + 1] = {
     "workers",         "tls_mode",         "tls_cert",       "tls_key",
     "tls_min_version", "client_ca",        "client_ca_key",  "client_crl",
     "allow_cleartext", "admin_user",       "admin_password", "http_listen",
-    "log_format",      "log_level",        "log_file",       NULL};
+    "log_format",      "log_level",        "log_file",       "client_idle_timeout",
+    "client_write_timeout", NULL};
 
 enum instance_key {
 	IK_URL,
@@ -432,6 +435,8 @@ static void finish_pglane(struct parser *p)
 	take_ms(p, GK_CONNECT_TIMEOUT, &c->connect_timeout_ms);
 	take_ms(p, GK_LOGIN_TIMEOUT, &c->login_timeout_ms);
 	take_ms(p, GK_SHUTDOWN_TIMEOUT, &c->shutdown_timeout_ms);
+	take_int(p, GK_CLIENT_IDLE_TIMEOUT, 0, MAX_SECONDS, &c->client_idle_timeout_s);
+	take_int(p, GK_CLIENT_WRITE_TIMEOUT, 1, MAX_SECONDS, &c->client_write_timeout_s);
 	take_int(p, GK_MAX_CLIENTS, 1, 1000000, &c->max_clients);
 	take_int(p, GK_MAX_PACKET_SIZE, 1024, 1 << 30, &c->max_packet_size);
 	take_int(p, GK_WORKERS, 0, 1024, &c->workers);
@@ -864,6 +869,7 @@ struct conf *conf_load_string(const char *text, const char *name, const char *ba
 	c->connect_timeout_ms = 10000;
 	c->login_timeout_ms = 15000;
 	c->shutdown_timeout_ms = 30000;
+	c->client_write_timeout_s = 60;
 	c->max_clients = 10000;
 	c->max_packet_size = 65536;
 	if (strncmp(p.pos, "\xEF\xBB\xBF", 3) == 0)

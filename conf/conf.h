@@ -76,6 +76,8 @@ struct conf {
 	int connect_timeout_ms; /* connect_timeout (seconds in the file, fractions allowed), default 10 s */
 	int login_timeout_ms;   /* login_timeout, default 15 s */
 	int max_clients;        /* default 10000 */
+	int client_idle_timeout_s;  /* a session with no traffic either way this long ends (57P05); 0 = never */
+	int client_write_timeout_s; /* a client that takes none of what waits for it this long is cut; 60 */
 	int max_packet_size;    /* bytes, default 65536 for startup-phase messages */
 	int workers;            /* 0 = number of cores */
 

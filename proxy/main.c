@@ -75,6 +75,11 @@ bool proxy_reload(struct proxy *px, char *err, size_t errlen)
 	return true;
 }
 
+static void proxy_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	relay_sweep(arg);
+}
+
 static void proxy_sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
 	static char err[16384];
@@ -200,6 +205,9 @@ int proxy_run(const char *path)
 	px.sig_hup = evsignal_new(px.base, SIGHUP, proxy_sighup_cb, &px);
 	px.sig_term = evsignal_new(px.base, SIGTERM, proxy_sigterm_cb, &px);
 	px.sig_int = evsignal_new(px.base, SIGINT, proxy_sigterm_cb, &px);
+	struct timeval second = {1, 0};
+	px.sweep = event_new(px.base, -1, EV_PERSIST, proxy_sweep_cb, &px);
+	event_add(px.sweep, &second);
 	event_add(px.sig_hup, NULL);
 	event_add(px.sig_term, NULL);
 	event_add(px.sig_int, NULL);
@@ -224,6 +232,8 @@ out:;
 		event_free(px.sig_hup), event_free(px.sig_term), event_free(px.sig_int);
 	if (px.drain)
 		event_free(px.drain);
+	if (px.sweep)
+		event_free(px.sweep);
 	if (px.reaper)
 		event_free(px.reaper);
 	proxy_caches_free(&px);

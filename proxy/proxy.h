@@ -131,6 +131,9 @@ struct conn {
 	/* relay */
 	uint64_t bytes_in, bytes_out; /* from the client, to the client */
 	bool server_idle;             /* the server's last bytes were a ReadyForQuery: a message boundary */
+	bool client_waiting;          /* the client sent something the server has not answered with ReadyForQuery */
+	uint32_t last_active;         /* px->clock_s of the last bytes either way */
+	uint32_t stalled_since;       /* px->clock_s when the client's side filled up (RELAY_BLOCKED_SERVER) */
 
 	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
 
@@ -175,6 +178,8 @@ struct proxy {
 	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
 	uint8_t mock_key[32];      /* salts for unknown users, stable within the process */
 	struct stats stats;
+	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
+	struct event *sweep;       /* owned: once a second, idle and stalled sessions */
 	struct evhttp *http;       /* owned: [pglane] http_listen, or NULL */
 	struct conn_list paused;   /* logged-in clients held by PAUSE until RESUME */
 	bool pause_all;            /* PAUSE without an app */
@@ -250,6 +255,9 @@ void admin_park(struct conn *c);
 bool metrics_listen(struct proxy *px, const char *hostport, char *err, size_t errlen);
 void metrics_free(struct proxy *px);
 void stats_observe_connect(struct proxy *px, const struct timespec *since);
+
+/* relay.c: the once-a-second sweep (client_idle_timeout, client_write_timeout) */
+void relay_sweep(struct proxy *px);
 
 /* main.c */
 bool proxy_reload(struct proxy *px, char *err, size_t errlen);

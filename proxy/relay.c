@@ -9,7 +9,8 @@
  *
  * Back-pressure: when what waits for one side passes RELAY_HIGH, pglane stops reading from the other side
  * until it drains below RELAY_HIGH / 2, so a client that stops reading holds at most about RELAY_HIGH bytes
- * of pglane's memory and the server feels it as a full socket (it waits on ClientWrite).
+ * of pglane's memory and the server feels it as a full socket (it waits on ClientWrite).  A client that
+ * takes nothing for client_write_timeout is cut; a session silent both ways for client_idle_timeout ends.
  */
 #include "proxy/proxy.h"
 
@@ -69,11 +70,14 @@ static bool relay_is_ready_tail(const uint8_t t[6])
 
 static void relay_count(struct conn *c, bool from_client, const uint8_t *tail6, size_t n)
 {
+	c->last_active = c->px->clock_s;
 	if (from_client) {
 		c->bytes_in += n;
+		c->client_waiting = true;
 	} else {
 		c->bytes_out += n;
 		c->server_idle = tail6 && relay_is_ready_tail(tail6);
+		c->client_waiting &= !c->server_idle;
 	}
 }
 
@@ -83,6 +87,8 @@ static void relay_check_full(struct conn *c, bool dst_client)
 	if (relay_pending(c, dst_client) < RELAY_HIGH)
 		return;
 	relay_reading(c, !dst_client, false);
+	if (dst_client && !(c->relay_blocked & RELAY_BLOCKED_SERVER))
+		c->stalled_since = c->px->clock_s;
 	c->relay_blocked |= dst_client ? RELAY_BLOCKED_SERVER : RELAY_BLOCKED_CLIENT;
 	struct bufferevent *b = relay_bev_of(c, dst_client);
 	if (b && relay_raw_of(c, dst_client)->fd < 0)
@@ -280,6 +286,7 @@ void relay_start(struct conn *c)
 
 	c->state = CONN_RELAY;
 	c->server_idle = true; /* backend.c has just passed on the server's ReadyForQuery */
+	c->last_active = c->px->clock_s;
 	evtimer_del(c->timer);
 	conn_login_done(c);
 	if (!from_client || !from_server || (!c->client_tls && !relay_go_raw(c, true, from_client)) ||
@@ -309,6 +316,31 @@ out:
 		evbuffer_free(from_client);
 	if (from_server)
 		evbuffer_free(from_server);
+}
+
+void relay_sweep(struct proxy *px)
+{
+	const struct conf *conf = px->snap->conf;
+	struct conn *c, *next;
+
+	px->clock_s++;
+	for (c = TAILQ_FIRST(&px->conns); c; c = next) {
+		next = TAILQ_NEXT(c, link);
+		if (c->state != CONN_RELAY || c->closing)
+			continue;
+		/* The clock ticks once a second, so "more than N ticks" is between N and N + 1 seconds. */
+		if (c->relay_blocked & RELAY_BLOCKED_SERVER) {
+			if (px->clock_s - c->stalled_since > (uint32_t)conf->client_write_timeout_s)
+				conn_close(c, "client took nothing for client_write_timeout");
+		} else if (conf->client_idle_timeout_s > 0 && !c->client_waiting &&
+			   px->clock_s - c->last_active > (uint32_t)conf->client_idle_timeout_s) {
+			if (c->server_idle && relay_pending(c, true) == 0)
+				conn_fail(c, "57P05", "idle timeout",
+					  "terminating connection due to idle-session timeout (client_idle_timeout)");
+			else
+				conn_close(c, "idle timeout");
+		}
+	}
 }
 
 bool relay_client_write(struct conn *c, const void *p, size_t n)
