@@ -52,20 +52,24 @@ static void autoprov_free(struct autoprov *j)
 	free(j);
 }
 
-/* Ends the job: every waiter retries its login (ok) or gets the error. */
+/* Ends the job: every waiter retries its login (ok) or gets the error.  why is NULL when this job created
+ * the database, "exists" when another process had (then nothing is counted). */
 static void autoprov_finish(struct autoprov *j, bool ok, const char *sqlstate, const char *why)
 {
 	struct conn **w = j->waiters;
 	size_t n = j->nwaiters;
 
-	if (ok)
+	if (ok && !why) {
 		j->px->stats.provisions_ok++;
-	else
-		j->px->stats.provisions_failed++;
-	if (ok)
 		log_msg(LOG_INFO, "created database \"%s\" on instance %s for app %s", j->dbname, j->inst->name,
 			j->app->id);
-	else
+	} else if (ok) {
+		log_msg(LOG_INFO, "database \"%s\" on instance %s was created by another process meanwhile",
+			j->dbname, j->inst->name);
+	} else {
+		j->px->stats.provisions_failed++;
+	}
+	if (!ok)
 		log_msg(LOG_WARNING, "cannot create database \"%s\" on instance %s: %s", j->dbname, j->inst->name, why);
 	j->waiters = NULL;
 	j->nwaiters = 0;
@@ -146,7 +150,7 @@ static void autoprov_on_result(struct autoprov *j, PGresult *res)
 
 	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
 		if (j->step == AP_CREATE && code && strcmp(code, "42P04") == 0) { /* duplicate_database */
-			autoprov_finish(j, true, NULL, NULL);
+			autoprov_finish(j, true, NULL, "exists");
 			return;
 		}
 		provision_classify_result(j->pg, res, j->inst, j->dbname, j->app->owner, j->app->template_db, &e);
@@ -159,7 +163,7 @@ static void autoprov_on_result(struct autoprov *j, PGresult *res)
 		return;
 	case AP_EXISTS:
 		if (PQntuples(res) > 0)
-			autoprov_finish(j, true, NULL, NULL);
+			autoprov_finish(j, true, NULL, "exists");
 		else
 			autoprov_send(j, AP_CREATE);
 		return;

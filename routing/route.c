@@ -40,6 +40,32 @@ bool route_for(const struct conf_app *app, const struct timeline *tl, struct rou
 	return true;
 }
 
+/* Whether a client asking for database may have it: its timeline's database, or its user name (what libpq
+ * and node's pg send when none is set).  Node's pg decodes a DATABASE_URL's path with decodeURI, which keeps
+ * "%2F" as it is, so a branch "feature/x" arrives as "feature%2Fx": a percent-encoded name that decodes to
+ * one of the two is the same name, not another database. */
+static bool route_db_allowed(const char *database, const char *user, const char *dbname)
+{
+	char decoded[PG_NAMEDATALEN * 3 + TIMELINE_BRANCH_MAX * 3];
+	size_t o = 0;
+
+	if (strcmp(database, user) == 0 || strcmp(database, dbname) == 0)
+		return true;
+	if (!strchr(database, '%') || strlen(database) >= sizeof(decoded))
+		return false;
+	for (const char *s = database; *s; s++) {
+		unsigned hi, lo;
+		if (s[0] == '%' && sscanf(s + 1, "%1x%1x", &hi, &lo) == 2) {
+			decoded[o++] = (char)(hi << 4 | lo);
+			s += 2;
+		} else {
+			decoded[o++] = *s;
+		}
+	}
+	decoded[o] = '\0';
+	return strlen(decoded) == o && (strcmp(decoded, user) == 0 || strcmp(decoded, dbname) == 0);
+}
+
 enum route_res route_resolve(const struct conf *c, const char *user, const char *database, struct route *out,
 			     char *err, size_t errlen)
 {
@@ -58,7 +84,7 @@ enum route_res route_resolve(const struct conf *c, const char *user, const char 
 		return ROUTE_BAD_USER;
 	if (!route_for(app, &tl, out, err, errlen))
 		return ROUTE_BAD_USER;
-	if (database && *database && strcmp(database, user) != 0 && strcmp(database, out->dbname) != 0) {
+	if (database && *database && !route_db_allowed(database, user, out->dbname)) {
 		snprintf(err, errlen, "user \"%s\" may connect only to database \"%s\", not \"%s\"", user,
 			 out->dbname, database);
 		return ROUTE_DB_NOT_ALLOWED;

@@ -7,7 +7,9 @@
 # (a creation lock held), Error (an instance that is down, a database missing) and Unassigned; `pglane
 # test` classifies a refused port, a wrong password, an untrusted CA and a hostname mismatch; migrate runs
 # a psql script once per timeline database through a running pglane, reports each, skips cut names, keeps
-# going after one database fails (exit 1), and two runs never migrate the same database at once.
+# going after one database fails (exit 1), and two runs never migrate the same database at once; migrate
+# runs node-pg-migrate (from npm, tests/integration/node) in every timeline database of an app, and a second
+# run is a no-op.
 set -u
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -277,9 +279,80 @@ check_eq "two migrate runs on one database: one after the other" \
 check_match "the second run says it waits" '^\[preview\] waiting: another `pglane migrate` is migrating demo-preview$' \
 	"$(cat "$TMP/slow.2")"
 
-# node-pg-migrate (issue 4 asks for it) is not covered here yet: tests/integration/node/package.json only
-# holds pg, and adding a dependency there waits for the lead's word on the node helpers.
-note "node-pg-migrate: not tested yet (see the comment above)"
+# ---------------------------------------------------------------- migrate with node-pg-migrate
+
+# An app whose migrations are node-pg-migrate's (tests/integration/node/migrations), run as a build system
+# would: `pglane migrate --all` through the running pglane, the tool reading DATABASE_URL from the
+# environment pglane gives it.  Its timelines: production, preview, a branch with a '/' and one without.
+NPM_BIN=$NODE_DIR/node_modules/.bin/node-pg-migrate
+NODE_MIGRATE="$NPM_BIN up -m $NODE_DIR/migrations"
+NODE_MIGRATION=1700000000000_create-widgets
+WEB_DBS="web-production web-preview web--feature/login web--hotfix-1"
+node_ready=1
+# node_deps installs the lock only when pg is missing; a node_modules made before node-pg-migrate was
+# added to package.json lacks it
+if ! node_deps || { [ ! -x "$NPM_BIN" ] &&
+	! (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error) >"$TMP/npm-ci-migrate.log" 2>&1; }; then
+	fail "node-pg-migrate: npm ci" "$(tail -n 5 "$TMP/npm-ci-migrate.log" 2>/dev/null)"
+	node_ready=0
+elif [ ! -x "$NPM_BIN" ]; then
+	fail "node-pg-migrate: installed" "$NPM_BIN is missing after npm ci"
+	node_ready=0
+elif [ $((${#NODE_MIGRATE} + 10)) -gt 198 ]; then
+	fail "node-pg-migrate: the migrate line fits the ini's 198 bytes" "$((${#NODE_MIGRATE} + 10)) bytes (repo at $REPO)"
+	node_ready=0
+fi
+if [ "$node_ready" = 1 ]; then
+	NODE_CONF=$TMP/node.ini
+	{
+		cat "$CONF"
+		printf '\n[app web]\ninstance = main\nsecret = %s\nmigrate = %s\n' "$(openssl rand -hex 24)" "$NODE_MIGRATE"
+	} >"$NODE_CONF"
+	chmod 600 "$NODE_CONF"
+	# shellcheck disable=SC2119 # the last pglane started
+	pglane_stop
+	pglane_start "$NODE_CONF" || bail "pglane did not start with $NODE_CONF"
+	out=$("$PGLANE" provision -c "$NODE_CONF" web 2>&1 &&
+		"$PGLANE" provision -c "$NODE_CONF" web --branch feature/login 2>&1 &&
+		"$PGLANE" provision -c "$NODE_CONF" web --branch hotfix-1 2>&1)
+	check_eq "node-pg-migrate: the app's four databases exist" \
+		"web--feature/login web--hotfix-1 web-preview web-production" "$(dbs_like 'web-%')" || note "$out"
+
+	# the result lines alone (the tool's own output can be long: a failure prints a stack)
+	web_results() {
+		printf '%s\n' "$1" | grep -E '^(web-[^ ]*|migrate web): '
+	}
+	# the tool's output without indented lines (stack frames, error object fields)
+	web_brief() {
+		printf '%s\n' "$1" | grep -vE '^\[[^]]*\] {2,}'
+	}
+
+	out=$("$PGLANE" migrate -c "$NODE_CONF" web --all 2>&1)
+	check_eq "node-pg-migrate, migrate --all: exit 0" 0 "$?" || note "$(web_brief "$out")"
+	res=$(web_results "$out")
+	check_match "node-pg-migrate, migrate --all: summary" '^migrate web: 4 ok, 0 failed, 0 skipped$' "$res"
+	for db in $WEB_DBS; do
+		check_match "node-pg-migrate: $db reported ok" "^$db: ok \([0-9.]+ s\)$" "$res"
+		check_eq "node-pg-migrate: table widgets in $db" t "$(has_table "$db" widgets)"
+		check_eq "node-pg-migrate: pgmigrations in $db records $NODE_MIGRATION" "$NODE_MIGRATION" \
+			"$(pg_psql main "SELECT string_agg(name, ',') FROM pgmigrations" "$db" 2>&1)"
+		check_match "node-pg-migrate: it reached $db through pglane" \
+			"web/.* routed to main database \"$db\"" "$(grep -F "\"$db\"" "$PGLANE_LOG")"
+	done
+	check_match "node-pg-migrate: its own output, prefixed by the timeline" \
+		"^\[branch hotfix-1\] ### MIGRATION $NODE_MIGRATION \(UP\) ###$" "$(grep -F '[branch hotfix-1]' <<<"$out")"
+
+	out=$("$PGLANE" migrate -c "$NODE_CONF" web --all 2>&1)
+	check_eq "node-pg-migrate, second run: exit 0" 0 "$?" || note "$(web_brief "$out")"
+	res=$(web_results "$out")
+	check_match "node-pg-migrate, second run: summary" '^migrate web: 4 ok, 0 failed, 0 skipped$' "$res"
+	check_eq "node-pg-migrate, second run: nothing to run, in each database" 4 \
+		"$(printf '%s\n' "$out" | grep -c '^\[[^]]*\] No migrations to run!$')"
+	for db in $WEB_DBS; do
+		check_eq "node-pg-migrate, second run: still one row in $db's pgmigrations" 1 \
+			"$(pg_psql main "SELECT count(*) FROM pgmigrations" "$db" 2>&1)"
+	done
+fi
 
 if [ "$LIB_FAILED" -gt 0 ]; then
 	note "pglane log (last 40 lines):"
