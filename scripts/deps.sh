@@ -9,7 +9,7 @@ set -u
 
 PACKAGES=(
 	build-essential pkg-config libevent-dev libssl-dev libpq-dev libinih-dev libcmocka-dev
-	postgresql-15 postgresql-client-15 openssl pgbouncer ca-certificates
+	postgresql-15 postgresql-client-15 openssl pgbouncer ca-certificates valgrind
 )
 
 missing=()
