@@ -24,7 +24,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(wildcard tests/integration/*.c)
 TOOL_BIN := $(TOOL_SRC:tests/integration/%.c=$(BUILD)/tools/%)
 
-.PHONY: all deps test unit unit-bins integration run bench clean format test-asan test-valgrind
+.PHONY: all deps test unit unit-bins integration run bench clean format test-asan test-valgrind test-compat
 all: pglane
 
 pglane: $(BUILD)/proxy/main.o $(BUILD)/libpglane.a
@@ -73,6 +73,11 @@ test-asan: deps
 	PGLANE_BIN=$(CURDIR)/build-asan/pglane ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 tests/run-all.sh build-asan
 
 # deps first, then a fresh make: pkg-config flags are read when make starts, before deps installed them.
+# PostgreSQL's own regression suite, libpq's pipeline tests and pgbench's scripts through pglane (tests/compat).
+test-compat: deps
+	$(MAKE) pglane unit-bins
+	tests/compat/run.sh $(BUILD)
+
 # The integration scripts with every pglane process under valgrind memcheck: no error, no definite leak.
 test-valgrind: deps
 	$(MAKE) pglane unit-bins
