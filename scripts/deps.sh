@@ -9,7 +9,7 @@ set -u
 
 PACKAGES=(
 	build-essential pkg-config libevent-dev libssl-dev libpq-dev libinih-dev libcmocka-dev
-	postgresql-15 postgresql-client-15 openssl pgbouncer ca-certificates valgrind
+	postgresql-15 postgresql-client-15 postgresql-server-dev-15 openssl pgbouncer ca-certificates valgrind
 )
 
 missing=()
