@@ -96,7 +96,7 @@ static void be_on_connected(struct conn *c)
 	struct pgbuf b = {0};
 
 	c->be_addrlen = sizeof(c->be_addr);
-	getpeername(fd, (struct sockaddr *)&c->be_addr, &c->be_addrlen);
+	getpeername(fd, &c->be_addr.sa, &c->be_addrlen);
 	bev_set_nodelay(c->server);
 	if (c->inst->sslmode <= SSLMODE_ALLOW) {
 		be_send_startup(c);
@@ -475,6 +475,6 @@ void backend_forward_cancel(struct proxy *px, const struct conn *target)
 	bufferevent_setcb(j->bev, cancel_job_read_cb, NULL, cancel_job_event_cb, j);
 	bufferevent_set_timeouts(j->bev, &tv, &tv);
 	bufferevent_enable(j->bev, EV_READ);
-	if (bufferevent_socket_connect(j->bev, (const struct sockaddr *)&target->be_addr, (int)target->be_addrlen) != 0)
+	if (bufferevent_socket_connect(j->bev, &target->be_addr.sa, (int)target->be_addrlen) != 0)
 		cancel_job_free(j);
 }

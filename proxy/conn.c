@@ -114,12 +114,12 @@ struct conn *conn_new(struct proxy *px, evutil_socket_t fd, const struct sockadd
 	c->lg = calloc(1, sizeof(*c->lg));
 	if (!c->client || !c->timer || !c->lg) {
 		free(c->lg);
+		if (c->timer)
+			event_free(c->timer);
 		if (c->client)
 			bufferevent_free(c->client);
 		else
 			evutil_closesocket(fd);
-		if (c->timer)
-			event_free(c->timer);
 		free(c);
 		return NULL;
 	}

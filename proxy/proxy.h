@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -125,7 +126,11 @@ struct conn {
 	bool provisioned;                 /* autoprov ran once for this connection */
 	uint32_t cancel_key;              /* the key pglane handed the client; 0 = none */
 	struct timespec be_started;       /* backend_start(): for the connect-time histogram */
-	struct sockaddr_storage be_addr;  /* where the server is, for cancel requests */
+	union {                           /* where the server is, for cancel requests (TCP: v4 or v6) */
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} be_addr;
 	socklen_t be_addrlen;
 
 	/* relay */
@@ -179,6 +184,7 @@ struct proxy {
 	uint8_t mock_key[32];      /* salts for unknown users, stable within the process */
 	struct stats stats;
 	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
+	uint32_t logins_since_trim; /* sessions started since the sweep last called malloc_trim() */
 	struct event *sweep;       /* owned: once a second, idle and stalled sessions */
 	struct evhttp *http;       /* owned: [pglane] http_listen, or NULL */
 	struct conn_list paused;   /* logged-in clients held by PAUSE until RESUME */

@@ -21,9 +21,13 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #define RELAY_CHUNK 16384 /* bytes per recv(); PostgreSQL writes in 8 kB pieces */
 #define RELAY_READS 4     /* recv()s per wakeup while they come back full */
+#define RELAY_TRIM_LOGINS 64 /* sessions started before the sweep returns freed login memory */
 
 static void relay_read_cb(struct bufferevent *bev, void *arg);
 static void relay_event_cb(struct bufferevent *bev, short what, void *arg);
@@ -285,6 +289,7 @@ void relay_start(struct conn *c)
 	struct evbuffer *from_client = evbuffer_new(), *from_server = evbuffer_new();
 
 	c->state = CONN_RELAY;
+	c->px->logins_since_trim++;
 	c->server_idle = true; /* backend.c has just passed on the server's ReadyForQuery */
 	c->last_active = c->px->clock_s;
 	evtimer_del(c->timer);
@@ -324,6 +329,14 @@ void relay_sweep(struct proxy *px)
 	struct conn *c, *next;
 
 	px->clock_s++;
+#ifdef __GLIBC__
+	/* A burst of logins leaves its login state (startup copies, SCRAM exchanges, bufferevents and their
+	 * read buffers) free but resident between the sessions that stay; hand those pages back. */
+	if (px->logins_since_trim >= RELAY_TRIM_LOGINS) {
+		malloc_trim(0);
+		px->logins_since_trim = 0;
+	}
+#endif
 	for (c = TAILQ_FIRST(&px->conns); c; c = next) {
 		next = TAILQ_NEXT(c, link);
 		if (c->state != CONN_RELAY || c->closing)
