@@ -102,7 +102,7 @@ sleep 1.5
 check_eq "the server of a client that stopped reading waits on ClientWrite (back-pressure)" ClientWrite \
 	"$(pg_psql main "SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'COPY%' AND pid <> pg_backend_pid()")"
 RSS1=$(awk '/VmRSS/ {print $2}' "/proc/$PGLANE_PID/status")
-check "pglane's memory stays flat while the client does not read ($RSS0 -> $RSS1 kB)" [ $((RSS1 - RSS0)) -lt 8192 ]
+check "pglane's memory stays bounded while the client does not read ($RSS0 -> $RSS1 kB; the result is 1 GB)" [ $((RSS1 - RSS0)) -lt 32768 ]
 sleep 3
 check "the stalled client is cut after client_write_timeout (log says why)" \
 	grep -q "client took nothing for client_write_timeout" "$PGLANE_LOG"
