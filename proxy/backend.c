@@ -312,12 +312,25 @@ static void be_on_login(struct conn *c, struct evbuffer *in)
 			evbuffer_drain(in, total);
 			c->be_phase = BE_READY;
 			c->px->stats.routed++;
+			struct inst_live *l = inst_live_get(c->px, c->inst->name);
+			if (l) {
+				l->seen = l->reachable = true;
+				l->error[0] = '\0';
+				snprintf(l->tls, sizeof(l->tls), "%s", c->be_ssl ? SSL_get_version(c->be_ssl) : "");
+			}
 			stats_observe_connect(c->px, &c->be_started);
 			log_conn(LOG_INFO, c, "routed to %s database \"%s\" (server pid %u)", c->inst->name,
 				 c->route.dbname, c->be_pid);
 			relay_start(c);
 			return;
 		default: /* ParameterStatus, NoticeResponse, NegotiateProtocolVersion: as the server sent them */
+			if (m.type == PG_MSG_PARAMETER_STATUS && m.body_len > 15 &&
+			    memcmp(m.body, "server_version", 15) == 0) {
+				struct inst_live *live = inst_live_get(c->px, c->inst->name);
+				const char *v = (const char *)m.body + 15;
+				if (live && memchr(v, '\0', m.body_len - 15))
+					snprintf(live->server_version, sizeof(live->server_version), "%s", v);
+			}
 			bufferevent_write(c->client, p, total);
 			break;
 		}

@@ -252,6 +252,13 @@ static void conn_vfail(struct conn *c, const char *sqlstate, const char *hint, c
 		c->px->stats.protocol_errors++;
 	else if (c->state == CONN_CONNECT)
 		c->px->stats.backend_errors++;
+	struct inst_live *l;
+	if (c->state == CONN_CONNECT && strcmp(sqlstate, "08001") == 0 && c->inst &&
+	    (l = inst_live_get(c->px, c->inst->name))) { /* the instance could not be reached or refused us */
+		l->seen = true;
+		l->reachable = false;
+		snprintf(l->error, sizeof(l->error), "%.255s", msg);
+	}
 	pg_put_error(&b, "FATAL", sqlstate, msg, NULL, hint);
 	if (c->server) {
 		bufferevent_free(c->server);

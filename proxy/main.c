@@ -225,6 +225,7 @@ out:;
 	conn_reap_now(&px);
 	listener_close_all(&px);
 	metrics_free(&px);
+	inst_live_free(&px);
 	for (size_t i = 0; i < px.npaused_apps; i++)
 		free(px.paused_apps[i]);
 	free(px.paused_apps);

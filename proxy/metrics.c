@@ -3,7 +3,7 @@
  *   /healthz  200 while the loop runs
  *   /readyz   200 while pglane accepts connections, 503 while it shuts down
  *   /metrics  Prometheus text format 0.0.4
- *   /status   JSON from live data: instances, apps, and the timeline databases sessions use
+ *   /status   the JSON of `pglane status --json`, from what the running proxy knows
  * Gauges are computed from the connection list at scrape time, so the hot path only bumps counters.
  */
 #include "proxy/proxy.h"
@@ -171,72 +171,141 @@ static void metrics_json_string(struct evbuffer *b, const char *s)
 	evbuffer_add(b, "\"", 1);
 }
 
-/* {"instances":[{"name","host","port","sslmode","apps":[...]}...],
- *  "databases":[{"app","timeline","database","instance","state":"Connected|Creating","clients"}...],
- *  "clients":N,"stopping":bool} */
+struct inst_live *inst_live_get(struct proxy *px, const char *name)
+{
+	struct inst_live *l;
+
+	for (l = px->inst_live; l; l = l->next)
+		if (strcmp(l->name, name) == 0)
+			return l;
+	if (!(l = calloc(1, sizeof(*l))))
+		return NULL;
+	snprintf(l->name, sizeof(l->name), "%s", name);
+	l->next = px->inst_live;
+	px->inst_live = l;
+	return l;
+}
+
+void inst_live_free(struct proxy *px)
+{
+	struct inst_live *l, *next;
+
+	for (l = px->inst_live; l; l = next) {
+		next = l->next;
+		free(l);
+	}
+	px->inst_live = NULL;
+}
+
+static void json_str_or_null(struct evbuffer *b, const char *s)
+{
+	if (s && *s)
+		metrics_json_string(b, s);
+	else
+		evbuffer_add_printf(b, "null");
+}
+
+/* The databases of app on its instance that the running proxy knows of: those with sessions (Connected)
+ * and those being created (Creating).  One entry each. */
+static void status_app_databases(struct proxy *px, const struct conf_app *app, struct evbuffer *b)
+{
+	struct conn *it, *jt;
+	bool first = true;
+
+	TAILQ_FOREACH(it, &px->conns, link)
+	{
+		bool creating = it->state == CONN_CONNECT && it->be_phase == BE_PROVISION;
+		if (!it->route.app || it->admin || strcmp(it->route.id.app, app->id) != 0 ||
+		    (it->state != CONN_RELAY && !creating))
+			continue;
+		bool seen = false;
+		TAILQ_FOREACH(jt, &px->conns, link)
+		{
+			if (jt == it)
+				break;
+			seen |= jt->route.app && !jt->admin && strcmp(jt->route.id.app, app->id) == 0 &&
+				(jt->state == CONN_RELAY || (jt->state == CONN_CONNECT && jt->be_phase == BE_PROVISION)) &&
+				strcmp(jt->route.dbname, it->route.dbname) == 0;
+		}
+		if (seen)
+			continue;
+		size_t n = 0;
+		TAILQ_FOREACH(jt, &px->conns, link)
+		n += jt->state == CONN_RELAY && jt->route.app && strcmp(jt->route.dbname, it->route.dbname) == 0 &&
+		     strcmp(jt->route.id.app, app->id) == 0;
+		const struct timeline *tl = &it->route.id.tl;
+		evbuffer_add_printf(b, "%s{\"name\":", first ? "" : ",");
+		metrics_json_string(b, it->route.dbname);
+		evbuffer_add_printf(b, ",\"timeline\":\"%s\",\"branch\":", timeline_kind_str(tl->kind));
+		json_str_or_null(b, tl->kind == TIMELINE_BRANCH ? tl->branch : NULL);
+		evbuffer_add_printf(b, ",\"state\":\"%s\",\"error\":null,\"clients\":%zu}",
+				    autoprov_creating(px, it->inst, it->route.dbname) ? "Creating" : "Connected", n);
+		first = false;
+	}
+}
+
+/*
+ * The shape of `pglane status --json` (proxy/cli_lifecycle.c), from what the running proxy knows rather
+ * than from polling: an instance is Connected when its last login succeeded, Error (with why) when it failed,
+ * Unassigned when no app uses it, and "state": null before any session tried it; server_version and tls come
+ * from those logins.  Databases are the ones sessions use now (with "clients") or that are being created.
+ * Two fields the CLI does not have: "clients" (all sessions) and "stopping".
+ */
 static void status_cb(struct evhttp_request *req, void *arg)
 {
 	struct proxy *px = arg;
 	const struct conf *c = px->snap->conf;
 	struct evbuffer *b = evbuffer_new();
-	struct conn *it, *jt;
 
 	if (!b)
 		return;
-	evbuffer_add_printf(b, "{\"instances\":[");
+	evbuffer_add_printf(b, "{\"config\":");
+	metrics_json_string(b, c->path);
+	evbuffer_add_printf(b, ",\"instances\":[");
 	for (size_t i = 0; i < c->ninstances; i++) {
 		const struct conf_instance *in = &c->instances[i];
+		const struct inst_live *l = inst_live_get(px, in->name);
+		bool seen = l && l->seen;
 		evbuffer_add_printf(b, "%s{\"name\":", i ? "," : "");
 		metrics_json_string(b, in->name);
 		evbuffer_add_printf(b, ",\"host\":");
 		metrics_json_string(b, in->host);
-		evbuffer_add_printf(b, ",\"port\":%d,\"sslmode\":\"%s\",\"state\":\"%s\",\"apps\":[", in->port,
-				    sslmode_str(in->sslmode), in->used ? "Assigned" : "Unassigned");
+		evbuffer_add_printf(b, ",\"port\":%d,\"state\":", in->port);
+		if (!in->used)
+			evbuffer_add_printf(b, "\"Unassigned\"");
+		else if (seen)
+			evbuffer_add_printf(b, "\"%s\"", l->reachable ? "Connected" : "Error");
+		else
+			evbuffer_add_printf(b, "null");
+		evbuffer_add_printf(b, ",\"reachable\":%s,\"server_version\":",
+				    seen ? (l->reachable ? "true" : "false") : "null");
+		json_str_or_null(b, seen ? l->server_version : NULL);
+		evbuffer_add_printf(b, ",\"tls\":%s,\"tls_protocol\":",
+				    seen && l->reachable ? (*l->tls ? "true" : "false") : "null");
+		json_str_or_null(b, seen ? l->tls : NULL);
+		evbuffer_add_printf(b, ",\"error\":");
+		if (seen && !l->reachable) {
+			evbuffer_add_printf(b, "{\"fault\":\"connect\",\"message\":");
+			metrics_json_string(b, l->error);
+			evbuffer_add_printf(b, ",\"fix\":\"run pglane test -c CONFIG %s\"}", in->name);
+		} else {
+			evbuffer_add_printf(b, "null");
+		}
+		evbuffer_add_printf(b, ",\"apps\":[");
 		bool first = true;
 		for (size_t a = 0; a < c->napps; a++) {
-			if (c->apps[a].instance != in)
+			const struct conf_app *app = &c->apps[a];
+			if (app->instance != in)
 				continue;
-			evbuffer_add_printf(b, "%s", first ? "" : ",");
-			metrics_json_string(b, c->apps[a].id);
+			evbuffer_add_printf(b, "%s{\"id\":", first ? "" : ",");
+			metrics_json_string(b, app->id);
+			evbuffer_add_printf(b, ",\"provision\":\"%s\",\"databases\":[",
+					    app->provision == PROVISION_AUTO ? "auto" : "manual");
+			status_app_databases(px, app, b);
+			evbuffer_add_printf(b, "]}");
 			first = false;
 		}
 		evbuffer_add_printf(b, "]}");
-	}
-	evbuffer_add_printf(b, "],\"databases\":[");
-	bool first = true;
-	/* One entry per database some session uses: the first session of each names it. */
-	TAILQ_FOREACH(it, &px->conns, link)
-	{
-		if (it->state != CONN_RELAY && !(it->state == CONN_CONNECT && it->be_phase == BE_PROVISION))
-			continue;
-		bool seen = false;
-		size_t n = 0;
-		TAILQ_FOREACH(jt, &px->conns, link)
-		{
-			if (jt->inst == it->inst && (jt->state == CONN_RELAY || jt->state == CONN_CONNECT) &&
-			    strcmp(jt->route.dbname, it->route.dbname) == 0) {
-				if (jt == it)
-					break;
-				seen = true;
-			}
-		}
-		if (seen)
-			continue;
-		TAILQ_FOREACH(jt, &px->conns, link)
-		n += jt->inst == it->inst && jt->state == CONN_RELAY && strcmp(jt->route.dbname, it->route.dbname) == 0;
-		char tl[TIMELINE_BRANCH_MAX + 16];
-		timeline_label(&it->route.id.tl, tl, sizeof(tl));
-		evbuffer_add_printf(b, "%s{\"app\":", first ? "" : ",");
-		metrics_json_string(b, it->route.id.app);
-		evbuffer_add_printf(b, ",\"timeline\":");
-		metrics_json_string(b, tl);
-		evbuffer_add_printf(b, ",\"database\":");
-		metrics_json_string(b, it->route.dbname);
-		evbuffer_add_printf(b, ",\"instance\":");
-		metrics_json_string(b, it->inst->name);
-		evbuffer_add_printf(b, ",\"state\":\"%s\",\"clients\":%zu}",
-				    autoprov_creating(px, it->inst, it->route.dbname) ? "Creating" : "Connected", n);
-		first = false;
 	}
 	evbuffer_add_printf(b, "],\"clients\":%zu,\"stopping\":%s}\n", px->nclients, px->stopping ? "true" : "false");
 	metrics_send(req, 200, "application/json", b);

@@ -162,6 +162,17 @@ struct stats {
 	uint64_t connect_count;
 };
 
+/* What the running proxy last learned of an instance, by name (it outlives reloads): for /status. */
+struct inst_live {
+	char name[64];
+	bool seen;               /* a login was attempted */
+	bool reachable;          /* the last login reached ReadyForQuery */
+	char server_version[32]; /* from the server's ParameterStatus */
+	char tls[16];            /* "TLSv1.3", or "" without TLS */
+	char error[256];         /* why the last login failed, when it did */
+	struct inst_live *next;
+};
+
 /* One event loop with its listeners, connections and caches. */
 struct proxy {
 	struct event_base *base;   /* owned */
@@ -183,6 +194,7 @@ struct proxy {
 	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
 	uint8_t mock_key[32];      /* salts for unknown users, stable within the process */
 	struct stats stats;
+	struct inst_live *inst_live; /* owned list */
 	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
 	uint32_t logins_since_trim; /* sessions started since the sweep last called malloc_trim() */
 	struct event *sweep;       /* owned: once a second, idle and stalled sessions */
@@ -261,6 +273,9 @@ void admin_park(struct conn *c);
 bool metrics_listen(struct proxy *px, const char *hostport, char *err, size_t errlen);
 void metrics_free(struct proxy *px);
 void stats_observe_connect(struct proxy *px, const struct timespec *since);
+/* The live record of instance name (created on first use; NULL only without memory). */
+struct inst_live *inst_live_get(struct proxy *px, const char *name);
+void inst_live_free(struct proxy *px);
 
 /* relay.c: the once-a-second sweep (client_idle_timeout, client_write_timeout) */
 void relay_sweep(struct proxy *px);

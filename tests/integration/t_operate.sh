@@ -459,8 +459,14 @@ check_match "/status: 200 application/json" '^200 application/json' "$out"
 got=$(node -e '
 const o = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
 const main = (o.instances || []).find((i) => i.name === "main");
-console.log(main ? main.apps.join(",") : "no instance main: " + JSON.stringify(o));' "$TMP/status.json" 2>&1)
+console.log(main ? main.apps.map((a) => a.id).join(",") : "no instance main: " + JSON.stringify(o));' "$TMP/status.json" 2>&1)
 check_eq "/status parses as JSON and lists instance main with its apps" "alpha,beta,gamma" "$got"
+got=$(node -e '
+const o = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+const main = (o.instances || []).find((i) => i.name === "main") || {};
+console.log([main.state, /^15/.test(main.server_version), typeof o.config].join(" "));' "$TMP/status.json" 2>&1)
+check_eq "/status has pglane status --json's shape, from live data (state, server_version, config)" \
+	"Connected true string" "$got"
 
 out=$(http_get /metrics "$TMP/metrics1")
 check_match "/metrics: 200 text/plain; version=0.0.4" '^200 text/plain; version=0\.0\.4' "$out"
