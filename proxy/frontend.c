@@ -71,19 +71,31 @@ void frontend_start(struct conn *c)
 
 /* ---------------------------------------------------------------- SCRAM secrets, cached per credential */
 
+/*
+ * SCRAM secrets, cached per credential.
+ *
+ * Known and unknown credentials are treated alike, so that nothing an unauthenticated peer can observe
+ * (salt, timing, cost, delay) tells which apps exist:
+ *   salt     = HMAC(snapshot salt key, user name): stable across restarts and processes, the same function
+ *              for every user name, changing for all of them at once when apps or secrets change;
+ *   password = the timeline's token, or for an unknown app HMAC(salt key, "mock" NUL user), which no
+ *              client can know;
+ *   key      = HMAC(salt key, password) in hex: a credential pays one PBKDF2 run the first time it is seen
+ *              after a change and none after, whichever kind it is.
+ */
 struct secret_entry {
-	char token[AUTH_TOKEN_LEN + 1];
+	char key[2 * SCRAM_KEY_LEN + 1];
 	struct scram_secret secret;
 };
 
 static unsigned long secret_hash(const void *p)
 {
-	return OPENSSL_LH_strhash(((const struct secret_entry *)p)->token);
+	return OPENSSL_LH_strhash(((const struct secret_entry *)p)->key);
 }
 
 static int secret_cmp(const void *a, const void *b)
 {
-	return strcmp(((const struct secret_entry *)a)->token, ((const struct secret_entry *)b)->token);
+	return strcmp(((const struct secret_entry *)a)->key, ((const struct secret_entry *)b)->key);
 }
 
 static void secret_entry_free(void *p)
@@ -93,36 +105,64 @@ static void secret_entry_free(void *p)
 
 #define SECRET_CACHE_MAX 50000
 
-/*
- * The SCRAM secret of a timeline's token.  The token is derived from the app's secret, so it doubles as
- * the cache key: a changed secret is a new key.  The salt is derived from the token, so the secret is
- * the same in every pglane process and after a restart.  The first login of a credential pays one
- * PBKDF2 run; every later one pays nothing here.
- */
-static bool fe_secret_cached(struct proxy *px, const char *token)
+/* The password a login must prove: the route's token, the admin password, or (unknown app) a mock one. */
+static void fe_password(const struct conn *c, const char *user, char *out, size_t outlen)
+{
+	unsigned char mac[SCRAM_KEY_LEN];
+	unsigned int maclen = sizeof(mac);
+	char msg[512];
+
+	if (c->admin) {
+		snprintf(out, outlen, "%s", c->snap->conf->admin_password);
+	} else if (c->route_res != ROUTE_UNKNOWN_APP) {
+		snprintf(out, outlen, "%s", c->route.token);
+	} else {
+		int n = snprintf(msg, sizeof(msg), "mock%c%s", '\0', user);
+		HMAC(EVP_sha256(), c->snap->salt_key, sizeof(c->snap->salt_key), (unsigned char *)msg,
+		     (size_t)(n < (int)sizeof(msg) ? n : (int)sizeof(msg) - 1), mac, &maclen);
+		for (unsigned i = 0; i < maclen && 2 * i + 2 < outlen; i++)
+			snprintf(out + 2 * i, 3, "%02x", mac[i]);
+		OPENSSL_cleanse(mac, sizeof(mac));
+	}
+}
+
+static void fe_secret_key(const struct conn *c, const char *password, char out[2 * SCRAM_KEY_LEN + 1])
+{
+	unsigned char mac[SCRAM_KEY_LEN];
+	unsigned int maclen = sizeof(mac);
+
+	HMAC(EVP_sha256(), c->snap->salt_key, sizeof(c->snap->salt_key), (const unsigned char *)password,
+	     strlen(password), mac, &maclen);
+	for (unsigned i = 0; i < SCRAM_KEY_LEN; i++)
+		snprintf(out + 2 * i, 3, "%02x", mac[i]);
+}
+
+static bool fe_secret_cached(const struct conn *c, const char *password)
 {
 	struct secret_entry probe;
 
-	snprintf(probe.token, sizeof(probe.token), "%s", token);
-	return px->secret_cache && OPENSSL_LH_retrieve(px->secret_cache, &probe);
+	fe_secret_key(c, password, probe.key);
+	return c->px->secret_cache && OPENSSL_LH_retrieve(c->px->secret_cache, &probe);
 }
 
-static bool fe_secret_for(struct proxy *px, const char *token, struct scram_secret *out)
+/* The secret for password (cached, or one PBKDF2 run).  False only without memory. */
+static bool fe_secret_for(struct conn *c, const char *user, const char *password, struct scram_secret *out)
 {
+	struct proxy *px = c->px;
 	struct secret_entry probe, *e;
-	unsigned char salt[32];
+	unsigned char salt[SCRAM_KEY_LEN];
 	unsigned int saltlen = sizeof(salt);
 
 	if (!px->secret_cache && !(px->secret_cache = OPENSSL_LH_new(secret_hash, secret_cmp)))
 		return false;
-	snprintf(probe.token, sizeof(probe.token), "%s", token);
+	fe_secret_key(c, password, probe.key);
 	if ((e = OPENSSL_LH_retrieve(px->secret_cache, &probe))) {
 		*out = e->secret;
 		return true;
 	}
-	if (!HMAC(EVP_sha256(), token, (int)strlen(token), (const unsigned char *)"pglane-scram-salt", 17, salt,
-		  &saltlen) ||
-	    !scram_secret_make(token, salt, SCRAM_SALT_LEN, SCRAM_DEFAULT_ITERATIONS, out))
+	if (!HMAC(EVP_sha256(), c->snap->salt_key, sizeof(c->snap->salt_key), (const unsigned char *)user,
+		  strlen(user), salt, &saltlen) ||
+	    !scram_secret_make(password, salt, SCRAM_SALT_LEN, SCRAM_DEFAULT_ITERATIONS, out))
 		return false;
 	if (OPENSSL_LH_num_items(px->secret_cache) >= SECRET_CACHE_MAX)
 		OPENSSL_LH_doall(px->secret_cache, secret_entry_free), OPENSSL_LH_flush(px->secret_cache);
@@ -145,27 +185,16 @@ void frontend_caches_free(struct proxy *px)
 	px->secret_cache = NULL;
 }
 
-/* A secret no password matches, with a salt that is stable per user name (as PostgreSQL's mock auth). */
-static void fe_mock_secret(struct proxy *px, const char *user, struct scram_secret *out)
-{
-	unsigned char salt[32];
-	unsigned int saltlen = sizeof(salt);
-
-	HMAC(EVP_sha256(), px->mock_key, sizeof(px->mock_key), (const unsigned char *)user, strlen(user), salt, &saltlen);
-	memcpy(out->salt, salt, SCRAM_SALT_LEN);
-	out->iterations = SCRAM_DEFAULT_ITERATIONS;
-	RAND_bytes(out->stored_key, sizeof(out->stored_key));
-	RAND_bytes(out->server_key, sizeof(out->server_key));
-}
-
 /* ---------------------------------------------------------------- startup */
 
 /* Takes step later (RATELIMIT_DELAY_MS): the client hears nothing meanwhile and is not read. */
 static void fe_defer(struct conn *c, int step)
 {
-	if (!c->deferred)
+	if (!c->deferred) {
 		log_conn(LOG_WARNING, c, "peer over its %s budget: answer delayed %d ms",
 			 step == DEFER_START_AUTH ? "new-credential" : "failed-login", RATELIMIT_DELAY_MS);
+		c->lg->deferred_since = c->px->clock_s;
+	}
 	c->deferred = step;
 	bufferevent_disable(c->client, EV_READ);
 	conn_arm_timer(c, RATELIMIT_DELAY_MS);
@@ -179,26 +208,29 @@ static void fe_start_auth(struct conn *c)
 	struct pgbuf b = {0};
 	uint8_t cbind[EVP_MAX_MD_SIZE];
 	size_t cbind_len = 0;
+	char password[AUTH_TOKEN_LEN + 2 * SCRAM_KEY_LEN + 256];
 
 	c->state = CONN_AUTH;
-	/* A credential not seen yet costs a PBKDF2 run before anything is proven: a peer inventing branch
-	 * names by the thousand waits instead of burning our CPU. */
-	const char *password = c->admin ? conf->admin_password : c->route.token;
-	if (c->route_res != ROUTE_UNKNOWN_APP && !c->deferred && !fe_secret_cached(c->px, password) &&
-	    !ratelimit_take(c->px, c, RATELIMIT_DERIVE)) {
+	fe_password(c, user, password, sizeof(password));
+	/* A credential not seen yet costs a PBKDF2 run before anything is proven: within the peer's and the
+	 * process's budgets it runs now; past them the login waits, and waits again, until a token is free or
+	 * login_timeout passes.  Known and unknown apps spend the same budget the same way. */
+	if (!fe_secret_cached(c, password) && !ratelimit_take(c->px, c, RATELIMIT_DERIVE)) {
+		OPENSSL_cleanse(password, sizeof(password));
 		fe_defer(c, DEFER_START_AUTH);
 		return;
 	}
 	c->deferred = DEFER_NONE;
 	if (conf->allow_cleartext && c->client_tls) {
+		OPENSSL_cleanse(password, sizeof(password));
 		c->lg->cleartext = true;
 		pg_put_auth(&b, PG_AUTH_CLEARTEXT, NULL, 0);
 		conn_send(c, &b);
 		return;
 	}
-	if (c->route_res == ROUTE_UNKNOWN_APP)
-		fe_mock_secret(c->px, user, &sec);
-	else if (!fe_secret_for(c->px, password, &sec)) {
+	bool ok = fe_secret_for(c, user, password, &sec);
+	OPENSSL_cleanse(password, sizeof(password));
+	if (!ok) {
 		conn_fail(c, "53200", "out of memory", "out of memory");
 		return;
 	}
@@ -624,6 +656,14 @@ void frontend_deferred(struct conn *c)
 {
 	int step = c->deferred;
 
+	/* A login kept waiting for budget is bounded by login_timeout; a failed one always gets its 28P01. */
+	if (step == DEFER_START_AUTH &&
+	    c->px->clock_s - c->lg->deferred_since > (uint32_t)(c->snap->conf->login_timeout_ms / 1000)) {
+		c->px->stats.login_timeouts++;
+		conn_fail(c, "08P01", "login timeout", "login timeout: no complete login within %d ms",
+			  c->snap->conf->login_timeout_ms);
+		return;
+	}
 	conn_arm_timer(c, c->snap->conf->login_timeout_ms);
 	bufferevent_enable(c->client, EV_READ);
 	if (step == DEFER_START_AUTH)

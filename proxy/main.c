@@ -193,7 +193,7 @@ int proxy_run(const char *path)
 	if (!px.dns && (px.dns = evdns_base_new(px.base, EVDNS_BASE_DISABLE_WHEN_INACTIVE)))
 		evdns_base_load_hosts(px.dns, NULL);
 	px.backend_scram = scram_cache_new();
-	if (!px.base || !px.dns || !px.backend_scram || RAND_bytes(px.mock_key, sizeof(px.mock_key)) != 1) {
+	if (!px.base || !px.dns || !px.backend_scram) {
 		fprintf(stderr, "pglane: cannot initialise the event loop\n");
 		goto out;
 	}

@@ -42,6 +42,7 @@ struct snapshot {
 	struct conf *conf;    /* owned */
 	SSL_CTX **inst_ctx;   /* owned: one per conf->instances[i], NULL where sslmode = disable */
 	SSL_CTX *server_ctx;  /* owned: client-facing TLS, NULL when tls_cert is unset */
+	uint8_t salt_key[32]; /* SCRAM salts and cache keys derive from it: SHA-256 of every app's id and secret */
 };
 
 struct snapshot *snapshot_new(struct conf *conf, char *err, size_t errlen); /* takes conf on success */
@@ -79,6 +80,7 @@ struct conn_login {
 	struct scram_client *bscram; /* owned: pglane's SCRAM exchange with the instance */
 	bool cleartext;             /* a cleartext password exchange instead of SCRAM */
 	bool sasl_first_done;       /* SASLInitialResponse handled; the next 'p' is the final message */
+	uint32_t deferred_since;    /* px->clock_s of the first tarpit delay */
 };
 
 /* A plaintext side during the relay: its raw socket (relay.c). */
@@ -192,7 +194,6 @@ struct proxy {
 	void *secret_cache;        /* OPENSSL_LHASH of derived SCRAM secrets */
 	void *peers;               /* OPENSSL_LHASH of per-address budgets (ratelimit.c) */
 	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
-	uint8_t mock_key[32];      /* salts for unknown users, stable within the process */
 	struct stats stats;
 	struct inst_live *inst_live; /* owned list */
 	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
@@ -293,6 +294,8 @@ enum ratelimit_kind { RATELIMIT_FAIL, RATELIMIT_DERIVE };
 #define RATELIMIT_FAIL_REFILL_MS 3000.0  /* 20 failed logins a minute, after a burst of 20 */
 #define RATELIMIT_DERIVE_BURST 100
 #define RATELIMIT_DERIVE_REFILL_MS 100.0 /* ten new credentials a second (1% of a core), after 100 */
+#define RATELIMIT_DERIVE_ALL_BURST 500
+#define RATELIMIT_DERIVE_ALL_REFILL_MS 10.0 /* a hundred new credentials a second over all peers */
 #define RATELIMIT_DELAY_MS 2000
 /* True when c's peer may spend one more of kind now. */
 bool ratelimit_take(struct proxy *px, const struct conn *c, enum ratelimit_kind kind);

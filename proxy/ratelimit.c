@@ -50,14 +50,17 @@ static void peer_addr(const char *peer, char *out, size_t outlen)
 	snprintf(out, outlen, "%.*s", (int)n, peer);
 }
 
-bool ratelimit_take(struct proxy *px, const struct conn *c, enum ratelimit_kind kind)
+/* One bucket: the peer's, or "*", the whole process's (RATELIMIT_DERIVE only, so that many addresses
+ * together cannot make pglane spend more than one core's tenth on PBKDF2 either). */
+static bool ratelimit_take_addr(struct proxy *px, const char *addr, enum ratelimit_kind kind, double burst,
+				double refill_ms)
 {
 	struct peer_budget probe, *p;
 	struct timespec now;
 
 	if (!px->peers && !(px->peers = OPENSSL_LH_new(peer_hash, peer_cmp)))
 		return true;
-	peer_addr(c->peer, probe.addr, sizeof(probe.addr));
+	snprintf(probe.addr, sizeof(probe.addr), "%s", addr);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 	if (!(p = OPENSSL_LH_retrieve(px->peers, &probe))) {
@@ -67,7 +70,7 @@ bool ratelimit_take(struct proxy *px, const struct conn *c, enum ratelimit_kind 
 			return true;
 		*p = probe;
 		for (int k = 0; k < 2; k++) {
-			p->tokens[k] = ratelimit_rules[k].burst;
+			p->tokens[k] = k == (int)kind ? burst : ratelimit_rules[k].burst;
 			p->last_ms[k] = ms;
 		}
 		OPENSSL_LH_insert(px->peers, p);
@@ -76,13 +79,24 @@ bool ratelimit_take(struct proxy *px, const struct conn *c, enum ratelimit_kind 
 			return true;
 		}
 	}
-	double t = p->tokens[kind] + (double)(ms - p->last_ms[kind]) / ratelimit_rules[kind].refill_ms;
-	p->tokens[kind] = t > ratelimit_rules[kind].burst ? ratelimit_rules[kind].burst : t;
+	double t = p->tokens[kind] + (double)(ms - p->last_ms[kind]) / refill_ms;
+	p->tokens[kind] = t > burst ? burst : t;
 	p->last_ms[kind] = ms;
 	if (p->tokens[kind] < 1)
 		return false;
 	p->tokens[kind] -= 1;
 	return true;
+}
+
+bool ratelimit_take(struct proxy *px, const struct conn *c, enum ratelimit_kind kind)
+{
+	char addr[64];
+
+	peer_addr(c->peer, addr, sizeof(addr));
+	if (!ratelimit_take_addr(px, addr, kind, ratelimit_rules[kind].burst, ratelimit_rules[kind].refill_ms))
+		return false;
+	return kind != RATELIMIT_DERIVE ||
+	       ratelimit_take_addr(px, "*", kind, RATELIMIT_DERIVE_ALL_BURST, RATELIMIT_DERIVE_ALL_REFILL_MS);
 }
 
 void ratelimit_free(struct proxy *px)
