@@ -24,7 +24,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(wildcard tests/integration/*.c)
 TOOL_BIN := $(TOOL_SRC:tests/integration/%.c=$(BUILD)/tools/%)
 
-.PHONY: all deps test unit unit-bins integration run bench clean format test-asan test-valgrind test-compat
+.PHONY: all deps test unit unit-bins integration run bench clean format test-asan test-valgrind test-compat soak
 all: pglane
 
 pglane: $(BUILD)/proxy/main.o $(BUILD)/libpglane.a
@@ -82,6 +82,11 @@ test-compat: deps
 test-valgrind: deps
 	$(MAKE) pglane unit-bins
 	tests/valgrind/run.sh
+
+# Ten minutes (SOAK_SECONDS) of mixed load with reloads, cancels and instance restarts; not in CI.
+soak: deps
+	$(MAKE) pglane unit-bins
+	tests/soak/run.sh
 
 run: deps
 	$(MAKE) pglane
