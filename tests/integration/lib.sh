@@ -425,6 +425,31 @@ pglane_stop() {
 	return 0
 }
 
+# in_env APP TIMELINE-ARGS... -- CMD...: runs CMD in a subshell holding the variables of
+# `pglane env --format shell` for APP and that timeline (the script's CONF, or LANE_CONF when set).
+in_env() {
+	local args=() vars
+	while [ $# -gt 0 ] && [ "$1" != -- ]; do
+		args+=("$1")
+		shift
+	done
+	shift
+	if ! vars=$("$PGLANE" env -c "${LANE_CONF:-$CONF}" "${args[@]}" --format shell 2>&1); then
+		echo "ERROR pglane-env-failed $vars"
+		return 97
+	fi
+	(
+		eval "$vars"
+		"$@"
+	)
+}
+
+# env_var APP TIMELINE-ARGS... VAR: one variable from `pglane env`.
+env_var() {
+	local var=${*: -1}
+	in_env "${@:1:$#-1}" -- printenv "$var"
+}
+
 # bg_start CMD...: runs CMD in the background, killed on exit; sets BG_PID.
 bg_start() {
 	"$@" &

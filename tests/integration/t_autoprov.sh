@@ -78,21 +78,6 @@ EOF
 chmod 600 "$CONF"
 out=$("$PGLANE" check -c "$CONF" 2>&1) || bail "pglane check: $out"
 
-# in_env APP TIMELINE-ARGS... -- CMD...: CMD with that timeline's PG* variables (pglane env), as an app has.
-in_env() {
-	local args=() vars
-	while [ $# -gt 0 ] && [ "$1" != -- ]; do
-		args+=("$1")
-		shift
-	done
-	shift
-	vars=$("$PGLANE" env -c "$CONF" "${args[@]}" --format shell) || return 1
-	(
-		eval "$vars"
-		"$@"
-	)
-}
-
 # probe APP BRANCH [SQL]: pqprobe as that branch; prints what it prints ("ERROR <SQLSTATE> <message>" on error).
 probe() {
 	local app=$1 branch=$2

@@ -48,23 +48,6 @@ ok "pglane listens on 127.0.0.1:$LANE_PORT (TLS allowed, login_timeout = $LOGIN_
 
 # ---------------------------------------------------------------- helpers
 
-# in_env APP TIMELINE-ARGS... -- CMD...: CMD with the variables of `pglane env` for that timeline.
-in_env() {
-	local args=() vars
-	while [ $# -gt 0 ] && [ "$1" != -- ]; do
-		args+=("$1")
-		shift
-	done
-	shift
-	if ! vars=$("$PGLANE" env -c "$CONF" "${args[@]}" --format shell 2>&1); then
-		echo "ERROR pglane-env-failed $vars"
-		return 97
-	fi
-	(
-		eval "$vars"
-		"$@"
-	)
-}
 
 # probe [ENV-ASSIGNMENTS...]: pqprobe as demo/production, with optional overrides passed to env(1).
 # PROBE_ENV holds overrides for every client of this script (PGSSLMODE=disable when TLS is broken).

@@ -92,29 +92,7 @@ write_conf() {
 	mv -f "$CONF.new" "$CONF"
 }
 
-# in_env APP TIMELINE-ARGS... -- CMD...: runs CMD in a subshell holding `pglane env`'s variables.
-in_env() {
-	local args=() vars
-	while [ $# -gt 0 ] && [ "$1" != -- ]; do
-		args+=("$1")
-		shift
-	done
-	shift
-	if ! vars=$("$PGLANE" env -c "${LANE_CONF:-$CONF}" "${args[@]}" --format shell 2>&1); then
-		echo "ERROR pglane-env-failed $vars"
-		return 97
-	fi
-	(
-		eval "$vars"
-		"$@"
-	)
-}
 
-# env_var APP TIMELINE-ARGS... VAR
-env_var() {
-	local var=${*: -1}
-	in_env "${@:1:$#-1}" -- printenv "$var"
-}
 
 # probe APP TIMELINE-ARGS... [-- ENV-ASSIGNMENTS... [-- PQPROBE-ARGS...]]: pqprobe in that timeline's
 # environment (SQL default: SELECT current_database()).

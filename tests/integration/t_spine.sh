@@ -59,30 +59,7 @@ secret = $(openssl rand -hex 24)
 EOF
 chmod 600 "$CONF"
 
-# in_env APP TIMELINE-ARGS... -- CMD...: runs CMD in a subshell holding the variables of
-# `pglane env --format shell` for APP and that timeline (CONF, or LANE_CONF when set).
-in_env() {
-	local args=() vars
-	while [ $# -gt 0 ] && [ "$1" != -- ]; do
-		args+=("$1")
-		shift
-	done
-	shift
-	if ! vars=$("$PGLANE" env -c "${LANE_CONF:-$CONF}" "${args[@]}" --format shell 2>&1); then
-		echo "ERROR pglane-env-failed $vars"
-		return 97
-	fi
-	(
-		eval "$vars"
-		"$@"
-	)
-}
 
-# env_var APP TIMELINE-ARGS... VAR: one variable from `pglane env`.
-env_var() {
-	local var=${*: -1}
-	in_env "${@:1:$#-1}" -- printenv "$var"
-}
 
 # probe APP TIMELINE-ARGS... [-- ENV-ASSIGNMENTS...]: pqprobe "" (all from the environment) in that
 # timeline's environment, with optional overrides (NAME=VALUE, or -u NAME to unset) passed to env(1).

@@ -113,23 +113,6 @@ reload() {
 	return 1
 }
 
-# in_env APP TIMELINE-ARGS... -- CMD...: CMD in a subshell holding `pglane env --format shell`'s variables.
-in_env() {
-	local args=() vars
-	while [ $# -gt 0 ] && [ "$1" != -- ]; do
-		args+=("$1")
-		shift
-	done
-	shift
-	if ! vars=$("$PGLANE" env -c "$CONF" "${args[@]}" --format shell 2>&1); then
-		echo "ERROR pglane-env-failed $vars"
-		return 97
-	fi
-	(
-		eval "$vars"
-		"$@"
-	)
-}
 
 # probe APP TIMELINE-ARGS... [-- NAME=VALUE...]: pqprobe in that timeline's environment, with overrides.
 probe() {
