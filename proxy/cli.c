@@ -22,6 +22,20 @@ int cli_usage_error(const char *cmd, const char *msg, const char *arg)
 	return 2;
 }
 
+/* Where the value of an option that takes one goes (--format, --out, --url, --cert), or NULL. */
+static const char **cli_valued_option(struct cli_args *a, const char *opt)
+{
+	const struct {
+		const char *name;
+		const char **dst;
+	} opts[] = {{"--format", &a->format}, {"--out", &a->out_dir}, {"--url", &a->url}, {"--cert", &a->cert_dir}};
+
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
+		if (strcmp(opt, opts[i].name) == 0)
+			return opts[i].dst;
+	return NULL;
+}
+
 int cli_parse(const char *cmd, int argc, char **argv, struct cli_args *a)
 {
 	memset(a, 0, sizeof(*a));
@@ -52,12 +66,10 @@ int cli_parse(const char *cmd, int argc, char **argv, struct cli_args *a)
 				a->kind = TIMELINE_BRANCH;
 				a->branch = argv[++i];
 			}
-		} else if (strcmp(s, "--format") == 0 || strcmp(s, "--out") == 0 || strcmp(s, "--url") == 0 ||
-			   strcmp(s, "--cert") == 0) {
+		} else if (cli_valued_option(a, s)) {
 			if (!has_value)
 				return cli_usage_error(cmd, "missing value after", s);
-			const char **dst = s[2] == 'f' ? &a->format : s[2] == 'o' ? &a->out_dir : s[2] == 'u' ? &a->url : &a->cert_dir;
-			*dst = argv[++i];
+			*cli_valued_option(a, s) = argv[++i];
 		} else if (strcmp(s, "--json") == 0) {
 			a->json = true;
 		} else if (strcmp(s, "--all") == 0) {
