@@ -107,6 +107,7 @@ struct conn {
 	struct timespec started;
 	const char *close_reason;   /* static string, set once by conn_close() */
 	bool closing;               /* an error is being flushed to the client; then conn_close() */
+	bool flush_server;          /* closing: it is the server's side that is being flushed (the client left) */
 
 	struct conn_login *lg;      /* owned: what only the login needs; freed when the session starts */
 	bool client_tls;

@@ -115,10 +115,54 @@ static void relay_check_drained(struct conn *c, bool dst_client)
 
 /* A side failed or ended: the client's end closes everything; the server's end delivers what the client
  * has yet to receive (a FATAL 57P01 the server sent before it went, say), then closes. */
+static void relay_server_flushed_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	if (c->state != CONN_CLOSED)
+		conn_close(c, c->close_reason);
+}
+
+static void relay_server_flush_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	if (c->state != CONN_CLOSED)
+		conn_close(c, c->close_reason);
+}
+
+/* The client closed: what it sent last (a COMMIT, its Terminate) may still wait for a TLS or slow server
+ * socket, and must reach the server before both close.  Bounded by the timer, as the other direction. */
+static void relay_client_closed(struct conn *c)
+{
+	const char *reason = "client closed the connection";
+
+	if (relay_pending(c, false) == 0) {
+		conn_close(c, reason);
+		return;
+	}
+	c->closing = c->flush_server = true;
+	c->close_reason = reason;
+	conn_arm_timer(c, 5000);
+	relay_stop(c, false);
+	if (c->client)
+		bufferevent_disable(c->client, EV_READ | EV_WRITE);
+	if (c->rs.fd >= 0) {
+		event_add(c->rs.wev, NULL);
+		return;
+	}
+	bufferevent_disable(c->server, EV_READ);
+	bufferevent_setwatermark(c->server, EV_WRITE, 0, 0);
+	bufferevent_setcb(c->server, NULL, relay_server_flushed_cb, relay_server_flush_event_cb, c);
+	bufferevent_enable(c->server, EV_WRITE);
+}
+
 static void relay_side_ended(struct conn *c, bool client, bool error)
 {
-	if (client)
-		conn_close(c, error ? "client connection error" : "client closed the connection");
+	if (client && !error)
+		relay_client_closed(c);
+	else if (client)
+		conn_close(c, "client connection error");
 	else
 		conn_close_after_flush(c, error ? "server connection error" : "server closed the connection");
 }
@@ -209,7 +253,8 @@ static void relay_raw_write_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (c->state == CONN_CLOSED || !relay_raw_flush(c, to_client))
 		return;
-	if (relay_pending(c, to_client) == 0 && c->closing && to_client) {
+	/* Closing by flushing one side (to_client: the server ended; else the client did): done once it is. */
+	if (relay_pending(c, to_client) == 0 && c->closing && to_client != c->flush_server) {
 		conn_close(c, c->close_reason);
 		return;
 	}

@@ -11,6 +11,7 @@
  * message flattened to one line; "-----" when the error carries no SQLSTATE, e.g. a refused TCP connection
  * or a certificate that does not verify) and exits 1.
  *
+ * With --fire it sends SQL and closes at once without waiting for the result (PQfinish: Terminate, close).
  * With --cancel-after MS it sends SQL with PQsendQuery(), waits MS milliseconds, sends a CancelRequest with
  * PQcancel() and prints "SQLSTATE <code> ELAPSED_MS <ms>" for the query's result, the time counted from
  * the moment the query was sent; it exits 0 only when the query ended in 57014 (query_canceled).
@@ -286,7 +287,7 @@ static int probe_cancel_after(PGconn *conn, const char *sql, long cancel_ms, lon
 
 static void probe_usage(void)
 {
-	fprintf(stderr, "usage: pqprobe [--timeout SEC] [--cancel-after MS] CONNINFO [SQL]\n");
+	fprintf(stderr, "usage: pqprobe [--timeout SEC] [--cancel-after MS | --fire] CONNINFO [SQL]\n");
 }
 
 int main(int argc, char **argv)
@@ -295,11 +296,16 @@ int main(int argc, char **argv)
 	long timeout_s = 30;
 	int i = 1;
 
+	bool fire = false;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		char *end = NULL;
 		if (strcmp(argv[i], "--") == 0) {
 			i++;
 			break;
+		}
+		if (strcmp(argv[i], "--fire") == 0) {
+			fire = true;
+			continue;
 		}
 		if (i + 1 >= argc) {
 			probe_usage();
@@ -335,7 +341,11 @@ int main(int argc, char **argv)
 		return 1;
 
 	int rc;
-	if (cancel_ms >= 0) {
+	if (fire) { /* send SQL and hang up at once (Terminate, close): nothing sent may be lost */
+		rc = PQsendQuery(conn, sql) ? 0 : probe_fail_conn(conn, "PQsendQuery failed");
+		while (rc == 0 && PQflush(conn) > 0)
+			;
+	} else if (cancel_ms >= 0) {
 		rc = probe_cancel_after(conn, sql, cancel_ms, deadline);
 	} else if (!PQsendQuery(conn, sql)) {
 		rc = probe_fail_conn(conn, "PQsendQuery failed");

@@ -58,6 +58,22 @@ probe() {
 
 check_eq "demo reaches main" demo-production "$(probe demo)"
 
+# ---------------------------------------------------------------- a client that hangs up at once
+# Its last messages (an INSERT, its Terminate) wait for the instance's TLS socket: they must still reach it.
+pg_psql main "CREATE TABLE fire (v int)" demo-production
+vars=$("$PGLANE" env -c "$CONF" demo --production --format shell)
+(
+	eval "$vars"
+	for _ in $(seq 1 30); do
+		"$PQPROBE" --fire "" "INSERT INTO fire VALUES (1)" || echo "fire failed"
+	done
+)
+sleep 1
+check_eq "30 clients that send an INSERT and hang up at once: all 30 rows land (TLS to the instance)" 30 \
+	"$(pg_psql main "SELECT count(*) FROM fire" demo-production)"
+check_eq "... and PostgreSQL saw no connection reset" 0 \
+	"$(grep -c 'Connection reset by peer' "$TMP/main/postgres.log")"
+
 # ---------------------------------------------------------------- killed in the middle of a query
 probe demo "SELECT pg_sleep(20)" >"$TMP/killed.out" 2>&1 &
 victim=$!
