@@ -246,6 +246,13 @@ static void conn_vfail(struct conn *c, const char *sqlstate, const char *hint, c
 	if (c->state == CONN_CLOSED || c->closing)
 		return;
 	vsnprintf(msg, sizeof(msg), fmt, ap);
+	/* One line for the client and the log: libpq's texts end in a newline, a client's own bytes quoted
+	 * back may hold any control character. */
+	for (char *m = msg; *m; m++)
+		if ((unsigned char)*m < 0x20 || *m == 0x7f)
+			*m = *m == '\n' || *m == '\t' ? ' ' : '?';
+	for (size_t n = strlen(msg); n > 0 && msg[n - 1] == ' '; n--)
+		msg[n - 1] = '\0';
 	log_conn(sqlstate[0] == '2' || sqlstate[0] == '4' ? LOG_INFO : LOG_WARNING, c, "refused (%s): %s", sqlstate,
 		 msg);
 	if (strcmp(sqlstate, "08P01") == 0)
