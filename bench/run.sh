@@ -371,6 +371,7 @@ listen = 127.0.0.1:$1
 tls_cert = $CERTS/server.crt
 tls_key = $CERTS/server.key
 ${BENCH_PGLANE_WORKERS:+workers = $BENCH_PGLANE_WORKERS}
+${BENCH_KERNEL_RELAY:+kernel_relay = $BENCH_KERNEL_RELAY}
 
 [instance main]
 url = postgresql://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres?sslmode=disable

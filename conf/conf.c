@@ -61,6 +61,7 @@ enum pglane_key {
 	GK_LOG_FILE,
 	GK_CLIENT_IDLE_TIMEOUT,
 	GK_CLIENT_WRITE_TIMEOUT,
+	GK_KERNEL_RELAY,
 	GK_N
 };
 static const char *const pglane_keys[GK_N + 1] = {
@@ -70,7 +71,7 @@ static const char *const pglane_keys[GK_N + 1] = {
     "tls_min_version", "client_ca",        "client_ca_key",  "client_crl",
     "allow_cleartext", "admin_user",       "admin_password", "http_listen",
     "log_format",      "log_level",        "log_file",       "client_idle_timeout",
-    "client_write_timeout", NULL};
+    "client_write_timeout", "kernel_relay", NULL};
 
 enum instance_key {
 	IK_URL,
@@ -119,6 +120,7 @@ static const char *const ca_names[] = {"system", "aws-rds", NULL};
 static const char *const provision_names[] = {"auto", "manual", NULL};
 static const char *const log_format_names[] = {"text", "json", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error", NULL};
+static const char *const kernel_relay_names[] = {"off", "auto", "on", NULL};
 static const char *const bool_names[] = {"false", "true", "no", "yes", "off", "on", "0", "1", NULL};
 
 /* Lines of text appended to a caller's buffer: whole lines only, except that the first is cut to fit. */
@@ -440,6 +442,8 @@ static void finish_pglane(struct parser *p)
 	take_int(p, GK_MAX_CLIENTS, 1, 1000000, &c->max_clients);
 	take_int(p, GK_MAX_PACKET_SIZE, 1024, 1 << 30, &c->max_packet_size);
 	take_int(p, GK_WORKERS, 0, 1024, &c->workers);
+	if ((mode = take_choice(p, GK_KERNEL_RELAY, kernel_relay_names)) >= 0)
+		c->kernel_relay = (enum kernel_relay)mode;
 	take_path(p, GK_TLS_CERT, true, &c->tls_cert);
 	take_path(p, GK_TLS_KEY, true, &c->tls_key);
 	take_path(p, GK_CLIENT_CA, true, &c->client_ca);

@@ -29,6 +29,8 @@ enum ca_source {
 enum provision_mode { PROVISION_AUTO, PROVISION_MANUAL };
 
 enum tls_mode { TLS_MODE_DISABLE, TLS_MODE_ALLOW, TLS_MODE_REQUIRE };
+/* kernel_relay: off (default), auto (when the kernel and privileges allow), on (refuse to start without it) */
+enum kernel_relay { KERNEL_RELAY_OFF, KERNEL_RELAY_AUTO, KERNEL_RELAY_ON };
 
 struct conf_listen {
 	char *host; /* owned; numeric address or name, "::1" without brackets */
@@ -80,6 +82,7 @@ struct conf {
 	int client_write_timeout_s; /* a client that takes none of what waits for it this long is cut; 60 */
 	int max_packet_size;    /* bytes, default 65536 for startup-phase messages */
 	int workers;            /* 0 = number of cores */
+	enum kernel_relay kernel_relay; /* relay plaintext sessions inside the kernel (proxy/krelay.c); off */
 
 	/* client-side TLS (issue 3) */
 	enum tls_mode tls_mode; /* default: allow when tls_cert is set, else disable */

@@ -109,6 +109,7 @@ struct conn *conn_new(struct proxy *px, evutil_socket_t fd, const struct sockadd
 	conn_format_peer(sa, c->peer, sizeof(c->peer));
 	c->snap = snapshot_ref(px->snap);
 	c->rc.fd = c->rs.fd = -1;
+	c->kr.pair = -1;
 	c->client = bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	c->timer = evtimer_new(px->base, conn_timer_cb, c);
 	c->lg = calloc(1, sizeof(*c->lg));
@@ -176,6 +177,7 @@ void conn_close(struct conn *c, const char *reason)
 
 	if (c->state == CONN_CLOSED)
 		return;
+	krelay_refresh(c);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	double secs = (double)(now.tv_sec - c->started.tv_sec) + (double)(now.tv_nsec - c->started.tv_nsec) / 1e9;
 	log_conn(c->state == CONN_RELAY ? LOG_INFO : LOG_DEBUG, c,
@@ -282,7 +284,7 @@ void conn_close_after_flush(struct conn *c, const char *reason)
 		return;
 	c->closing = true;
 	c->close_reason = reason;
-	if (relay_pending(c, true) == 0) {
+	if (!relay_unflushed(c, true)) {
 		conn_close(c, reason);
 		return;
 	}
@@ -394,6 +396,7 @@ void proxy_caches_free(struct proxy *px)
 
 void conn_terminate(struct conn *c)
 {
+	krelay_refresh(c);
 	if (c->state == CONN_RELAY && c->server_idle && relay_pending(c, true) == 0) {
 		conn_fail(c, "57P01", "shutdown", "terminating connection due to administrator command");
 		return;

@@ -202,6 +202,16 @@ int proxy_run(const char *path)
 		fprintf(stderr, "pglane: %s\n", err);
 		goto out;
 	}
+	if (px.snap->conf->kernel_relay != KERNEL_RELAY_OFF) {
+		if (krelay_open(&px, (uint32_t)px.snap->conf->max_clients, err, sizeof(err))) {
+			log_msg(LOG_INFO, "kernel relay on: plaintext sessions relay inside the kernel");
+		} else if (px.snap->conf->kernel_relay == KERNEL_RELAY_ON) {
+			fprintf(stderr, "pglane: kernel_relay = on, but %s\n", err);
+			goto out;
+		} else {
+			log_msg(LOG_WARNING, "kernel relay unavailable, sessions relay in pglane: %s", err);
+		}
+	}
 	px.sig_hup = evsignal_new(px.base, SIGHUP, proxy_sighup_cb, &px);
 	px.sig_term = evsignal_new(px.base, SIGTERM, proxy_sigterm_cb, &px);
 	px.sig_int = evsignal_new(px.base, SIGINT, proxy_sigterm_cb, &px);
@@ -238,6 +248,7 @@ out:;
 	if (px.reaper)
 		event_free(px.reaper);
 	proxy_caches_free(&px);
+	krelay_free(&px);
 	scram_cache_free(px.backend_scram);
 	if (px.dns)
 		evdns_base_free(px.dns, 0);

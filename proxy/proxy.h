@@ -90,6 +90,23 @@ struct relay_raw {
 	struct event *wev;    /* owned: EV_WRITE, pending only while out holds bytes */
 	struct evbuffer *out; /* owned: what the socket has not taken yet; NULL until first needed */
 };
+/* A session relayed by the kernel (krelay.c); index [0] is toward the server, [1] toward the client. */
+struct krelay_conn {
+	int pair;             /* the pair of sockmap slots, -1 when the kernel does not relay this session */
+	uint64_t cookie[2];   /* SO_COOKIE of the client's and the server's socket */
+	uint64_t e0[2];       /* bytes the destination socket had been given when the kernel began */
+	uint64_t user[2];     /* bytes pglane has written to it itself since */
+	uint64_t seen[2];     /* the kernel's byte counts already added to bytes_in / bytes_out */
+	uint64_t ns[2];       /* the kernel's last-segment times already looked at */
+	uint64_t credited[2]; /* the kernel's byte counts at the last credit */
+	unsigned own;         /* bit 1: the server's socket is pglane's to write; bit 2: the client's */
+	unsigned checked;     /* the same bits: one drained check has passed */
+	struct event *timer;  /* owned: waiting for a drain */
+	int wait_ms;          /* the timer's next interval */
+	uint32_t wait_since;  /* clock_s when the wait began */
+};
+enum { KR_WRITE, KR_WAIT };
+
 #define RELAY_BLOCKED_CLIENT 1u /* not reading the client: the server's side is full */
 #define RELAY_BLOCKED_SERVER 2u /* not reading the server: the client's side is full */
 
@@ -142,6 +159,7 @@ struct conn {
 	bool client_waiting;          /* the client sent something the server has not answered with ReadyForQuery */
 	uint32_t last_active;         /* px->clock_s of the last bytes either way */
 	uint32_t stalled_since;       /* px->clock_s when the client's side filled up (RELAY_BLOCKED_SERVER) */
+	struct krelay_conn kr;        /* the kernel's part of the relay, if any */
 
 	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
 
@@ -195,6 +213,7 @@ struct proxy {
 	void *secret_cache;        /* OPENSSL_LHASH of derived SCRAM secrets */
 	void *peers;               /* OPENSSL_LHASH of per-address budgets (ratelimit.c) */
 	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
+	struct krelay *kr;         /* owned: the kernel relay's maps and program; NULL when off */
 	struct stats stats;
 	struct inst_live *inst_live; /* owned list */
 	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
@@ -305,8 +324,20 @@ void ratelimit_free(struct proxy *px);
 /* relay.c: what waits for one side past RELAY_HIGH stops reading from the other. */
 #define RELAY_HIGH (256 * 1024)
 void relay_start(struct conn *c);
+
+/* krelay.c: the kernel relays plaintext sessions (kernel_relay) */
+bool krelay_open(struct proxy *px, uint32_t npairs, char *err, size_t errlen);
+void krelay_free(struct proxy *px);
+bool krelay_attach(struct conn *c);  /* both sides raw and quiet; false: the session relays in user space */
+void krelay_detach(struct conn *c);  /* before the sockets close */
+void krelay_refresh(struct conn *c); /* the kernel's counts into bytes_in/out, last_active, server_idle */
+void krelay_credit(struct conn *c);  /* let the kernel relay further as the destinations take bytes */
+int krelay_may_write(struct conn *c, bool to_client); /* KR_WRITE, or KR_WAIT: the kernel still delivers */
+void krelay_wrote(struct conn *c, bool to_client, size_t n);
 /* What the client (client = true) or the server has yet to be sent. */
 size_t relay_pending(struct conn *c, bool client);
+/* Bytes for side client still wait in pglane or in the kernel relay (whose drain it then waits for). */
+bool relay_unflushed(struct conn *c, bool client);
 /* Queues bytes to a raw client; false (c closed) on failure. */
 bool relay_client_write(struct conn *c, const void *p, size_t n);
 /* Stops the raw sides' events; keep_client_writes leaves the client's write event to flush. */

@@ -31,6 +31,8 @@
 
 static void relay_read_cb(struct bufferevent *bev, void *arg);
 static void relay_event_cb(struct bufferevent *bev, short what, void *arg);
+static void relay_raw_write_cb(evutil_socket_t fd, short what, void *arg);
+static bool relay_kr_wait(struct conn *c, bool to_client);
 
 static struct relay_raw *relay_raw_of(struct conn *c, bool client)
 {
@@ -136,8 +138,9 @@ static void relay_server_flush_event_cb(struct bufferevent *bev, short what, voi
 static void relay_client_closed(struct conn *c)
 {
 	const char *reason = "client closed the connection";
+	bool kernel = c->kr.pair >= 0 && relay_kr_wait(c, false);
 
-	if (relay_pending(c, false) == 0) {
+	if (relay_pending(c, false) == 0 && !kernel) {
 		conn_close(c, reason);
 		return;
 	}
@@ -148,7 +151,8 @@ static void relay_client_closed(struct conn *c)
 	if (c->client)
 		bufferevent_disable(c->client, EV_READ | EV_WRITE);
 	if (c->rs.fd >= 0) {
-		event_add(c->rs.wev, NULL);
+		if (!kernel)
+			event_add(c->rs.wev, NULL);
 		return;
 	}
 	bufferevent_disable(c->server, EV_READ);
@@ -167,17 +171,69 @@ static void relay_side_ended(struct conn *c, bool client, bool error)
 		conn_close_after_flush(c, error ? "server connection error" : "server closed the connection");
 }
 
+#define RELAY_KR_DRAIN_S 5 /* seconds a socket may take to be handed what the kernel relayed to it */
+
+/* The kernel still delivers bytes toward the client's (to_client) or the server's socket: pglane may not
+ * write there yet; the timer looks again (1, 2, 4 ... 64 ms). */
+static void relay_kr_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	bool again = false;
+
+	if (c->state == CONN_CLOSED)
+		return;
+	for (int client = 0; client < 2 && c->state != CONN_CLOSED; client++) {
+		struct relay_raw *r = relay_raw_of(c, client);
+		bool queued = r->out && evbuffer_get_length(r->out) > 0;
+		bool flushing = c->closing && (bool)client != c->flush_server;
+		if (!queued && !flushing)
+			continue;
+		if (krelay_may_write(c, client) == KR_WAIT)
+			again = true;
+		else
+			relay_raw_write_cb(r->fd, EV_WRITE, c);
+	}
+	if (!again || c->state == CONN_CLOSED)
+		return;
+	if (c->px->clock_s - c->kr.wait_since > RELAY_KR_DRAIN_S) {
+		conn_close(c, "the kernel relay did not drain");
+		return;
+	}
+	struct timeval tv = {0, c->kr.wait_ms * 1000};
+	c->kr.wait_ms = c->kr.wait_ms < 64 ? c->kr.wait_ms * 2 : 64;
+	evtimer_add(c->kr.timer, &tv);
+}
+
+/* Whether pglane must hold what it has for side (to_client) because the kernel still delivers there. */
+static bool relay_kr_wait(struct conn *c, bool to_client)
+{
+	if (c->kr.pair < 0 || krelay_may_write(c, to_client) == KR_WRITE)
+		return false;
+	if (!c->kr.timer && !(c->kr.timer = evtimer_new(c->px->base, relay_kr_timer_cb, c)))
+		return false; /* cannot wait: write now rather than stall */
+	if (!evtimer_pending(c->kr.timer, NULL)) {
+		struct timeval tv = {0, 1000};
+		c->kr.wait_ms = 2;
+		c->kr.wait_since = c->px->clock_s;
+		evtimer_add(c->kr.timer, &tv);
+	}
+	return true;
+}
+
 /* Sends what a raw side has queued.  Returns false when the socket failed (c is then closing). */
 static bool relay_raw_flush(struct conn *c, bool client)
 {
 	struct relay_raw *r = relay_raw_of(c, client);
 
-	if (!r->out || evbuffer_get_length(r->out) == 0)
+	if (!r->out || evbuffer_get_length(r->out) == 0 || relay_kr_wait(c, client))
 		return true;
-	if (evbuffer_write(r->out, r->fd) < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+	int k = evbuffer_write(r->out, r->fd);
+	if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
 		relay_side_ended(c, client, true);
 		return false;
 	}
+	if (k > 0)
+		krelay_wrote(c, client, (size_t)k);
 	if (evbuffer_get_length(r->out) > 0)
 		event_add(r->wev, NULL);
 	return true;
@@ -198,13 +254,16 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 		relay_check_full(c, to_client);
 		return true;
 	}
-	if (!r->out || evbuffer_get_length(r->out) == 0) {
+	bool hold = relay_kr_wait(c, to_client);
+	if (!hold && (!r->out || evbuffer_get_length(r->out) == 0)) {
 		/* Nothing queued: straight to the socket; only the rest is queued. */
 		ssize_t k = p ? send(r->fd, p, n, MSG_NOSIGNAL) : evbuffer_write(buf, r->fd);
 		if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
 			relay_side_ended(c, to_client, true);
 			return false;
 		}
+		if (k > 0)
+			krelay_wrote(c, to_client, (size_t)k);
 		if (p && k > 0)
 			p += k, n -= (size_t)k;
 		if (p ? n == 0 : evbuffer_get_length(buf) == 0)
@@ -218,7 +277,8 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 		conn_close(c, "out of memory");
 		return false;
 	}
-	event_add(r->wev, NULL);
+	if (!hold)
+		event_add(r->wev, NULL);
 	relay_check_full(c, to_client);
 	return true;
 }
@@ -344,12 +404,21 @@ void relay_start(struct conn *c)
 		conn_close(c, "out of memory");
 		goto out;
 	}
+	/* Both sides quiet (the client waits for the ReadyForQuery below, the server has sent it) and plaintext:
+	 * the kernel may take the session over.  The ReadyForQuery goes out only after. */
+	if (c->px->kr && c->snap->conf->kernel_relay != KERNEL_RELAY_OFF && c->rc.fd >= 0 && c->rs.fd >= 0 &&
+	    evbuffer_get_length(from_client) == 0 && evbuffer_get_length(from_server) == 0 && krelay_attach(c) &&
+	    c->rc.out) {
+		int k = evbuffer_write(c->rc.out, c->rc.fd);
+		if (k > 0)
+			krelay_wrote(c, true, (size_t)k);
+	}
 	for (int client = 0; client < 2; client++) {
 		struct relay_raw *r = relay_raw_of(c, client);
 		struct bufferevent *b = relay_bev_of(c, client);
 		if (r->fd >= 0) {
 			event_add(r->rev, NULL);
-			if (r->out)
+			if (r->out && evbuffer_get_length(r->out) > 0)
 				event_add(r->wev, NULL);
 		} else {
 			bufferevent_setcb(b, relay_read_cb, relay_drained_cb, relay_event_cb, c);
@@ -386,6 +455,10 @@ void relay_sweep(struct proxy *px)
 		next = TAILQ_NEXT(c, link);
 		if (c->state != CONN_RELAY || c->closing)
 			continue;
+		if (c->kr.pair >= 0) {
+			krelay_refresh(c);
+			krelay_credit(c);
+		}
 		/* The clock ticks once a second, so "more than N ticks" is between N and N + 1 seconds. */
 		if (c->relay_blocked & RELAY_BLOCKED_SERVER) {
 			if (px->clock_s - c->stalled_since > (uint32_t)conf->client_write_timeout_s)
@@ -404,6 +477,11 @@ void relay_sweep(struct proxy *px)
 bool relay_client_write(struct conn *c, const void *p, size_t n)
 {
 	return relay_deliver(c, true, p, n, NULL);
+}
+
+bool relay_unflushed(struct conn *c, bool client)
+{
+	return relay_pending(c, client) > 0 || (c->kr.pair >= 0 && relay_kr_wait(c, client));
 }
 
 void relay_stop(struct conn *c, bool keep_client_writes)
@@ -433,11 +511,16 @@ static void relay_raw_free(struct relay_raw *r)
 
 void relay_close_server(struct conn *c)
 {
+	krelay_detach(c);
 	relay_raw_free(&c->rs);
 }
 
 void relay_free(struct conn *c)
 {
+	krelay_detach(c);
+	if (c->kr.timer)
+		event_free(c->kr.timer);
+	c->kr.timer = NULL;
 	relay_raw_free(&c->rc);
 	relay_raw_free(&c->rs);
 }

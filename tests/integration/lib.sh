@@ -400,6 +400,10 @@ pglane_start() {
 		echo "pglane_start: $PGLANE is not built" >&2
 		return 1
 	fi
+	# PGLANE_KERNEL_RELAY=auto|on|off: the whole suite with that kernel_relay (unless the test sets its own).
+	if [ -n "${PGLANE_KERNEL_RELAY:-}" ] && ! grep -q '^[[:space:]]*kernel_relay[[:space:]]*=' "$conf"; then
+		sed -i "/^\[pglane\]/a kernel_relay = $PGLANE_KERNEL_RELAY" "$conf"
+	fi
 	"$PGLANE" -c "$conf" </dev/null >>"$PGLANE_LOG" 2>&1 &
 	PGLANE_PID=$!
 	LIB_PIDS+=("$PGLANE_PID")

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# t_krelay.sh: kernel_relay = on (proxy/krelay.c) against a real PostgreSQL over plaintext: sessions relayed
+# by the kernel give the same bytes as direct PostgreSQL (small queries, a 20 MB result, a 10 MB COPY FROM),
+# a session moves to pglane's own relay after a large result and goes on working, the byte counts pglane
+# logs include what the kernel relayed, a client that stops reading holds a bounded amount of the kernel's
+# memory and is cut after client_write_timeout, a SIGTERM reaches an idle session as 57P01, and pgbench runs
+# clean.  Skipped (with the reason) where the kernel or privileges do not allow it: kernel_relay = auto then
+# relays in user space, which the rest of the suite covers.
+set -u
+# shellcheck source=SCRIPTDIR/lib.sh disable=SC1091
+. "$(dirname "$0")/lib.sh"
+
+[ -x "$PGLANE" ] || bail "$PGLANE is not built (make pglane)"
+pg_start main || bail "pg_start main"
+LANE_PORT=''
+free_port_var LANE_PORT || bail "free_port"
+pg_createdb main kr-production >/dev/null || bail "createdb"
+
+CONF=$TMP/pglane.ini
+cat >"$CONF" <<EOF
+[pglane]
+listen = 127.0.0.1:$LANE_PORT
+kernel_relay = on
+client_write_timeout = 2
+shutdown_timeout = 1
+
+[instance main]
+url = postgresql://postgres:$PG_MAIN_PASSWORD@127.0.0.1:$PG_MAIN_PORT/postgres?sslmode=disable
+
+[app kr]
+instance = main
+secret = $(openssl rand -hex 24)
+EOF
+chmod 600 "$CONF"
+
+"$PGLANE" -c "$CONF" </dev/null >"$TMP/probe.log" 2>&1 &
+PROBE_PID=$!
+sleep 1
+if ! kill -0 "$PROBE_PID" 2>/dev/null; then
+	wait "$PROBE_PID" 2>/dev/null
+	if grep -q "kernel_relay = on, but" "$TMP/probe.log"; then
+		note "SKIP: the kernel relay is not available here: $(grep -o 'kernel_relay = on, but.*' "$TMP/probe.log")"
+		check "pglane refuses kernel_relay = on with the reason" grep -q "kernel_relay = on, but" "$TMP/probe.log"
+		finish
+	fi
+	bail "pglane did not start: $(cat "$TMP/probe.log")"
+fi
+kill "$PROBE_PID"
+wait "$PROBE_PID" 2>/dev/null
+pglane_start "$CONF" || bail "pglane_start"
+check "pglane says the kernel relays" grep -q "kernel relay on" "$PGLANE_LOG"
+
+# lane SQL...: psql through pglane as kr's production timeline; direct SQL...: psql straight to PostgreSQL.
+lane() { in_env kr --production -- psql -X -At -v ON_ERROR_STOP=1 "$@"; }
+direct() { PGPASSWORD=$PG_MAIN_PASSWORD psql -X -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_MAIN_PORT" -U postgres -d kr-production "$@"; }
+
+check_eq "a query through the kernel relay" "kr-production|42" "$(lane -c "SELECT current_database(), 42")"
+BIG="SELECT i, repeat(md5(i::text), 30) FROM generate_series(1, 20000) i"
+check_eq "a 20 MB result arrives byte for byte as direct PostgreSQL sends it" \
+	"$(direct -c "$BIG" | md5sum)" "$(lane -c "$BIG" | md5sum)"
+check_eq "the session goes on after a large result (pglane relays the rest of it)" 42 \
+	"$(lane -c "$BIG" -c "SELECT 42" | tail -n 1)"
+check_eq "many small queries in one session" 200 \
+	"$(for i in $(seq 1 200); do echo "SELECT $i;"; done | lane | wc -l)"
+
+direct -c "CREATE TABLE t (i int, s text)" >/dev/null
+seq 1 200000 | sed 's/$/\tsome text to make the rows longer than a few bytes/' >"$TMP/rows.tsv"
+check_eq "a 10 MB COPY FROM STDIN reaches the server whole" 200000 \
+	"$(lane -c "\\copy t FROM '$TMP/rows.tsv'" -c "SELECT count(*) FROM t" | tail -n 1)"
+
+lane -c "SELECT repeat('x', 100000)" >/dev/null
+sleep 0.3
+check_match "the bytes pglane logs for a session include what the kernel relayed" \
+	'[1-9][0-9]{5,} bytes out' "$(grep "closed in state active" "$PGLANE_LOG" | tail -n 1)"
+
+# pgbench: its own schema in the timeline's database, then -S and the TPC-B-like default.
+if in_env kr --production -- pgbench -i -s 1 -q >"$TMP/pgbench-i.log" 2>&1; then
+	in_env kr --production -- pgbench -n -c 4 -j 2 -T 3 >"$TMP/pgbench.log" 2>&1
+	check_match "pgbench (TPC-B-like, 4 clients) runs clean through the kernel relay" \
+		'number of failed transactions: 0 ' "$(tr '\n' ' ' <"$TMP/pgbench.log")"
+	in_env kr --production -- pgbench -n -S -c 8 -j 2 -T 3 >"$TMP/pgbench-S.log" 2>&1
+	check_match "pgbench -S (8 clients) runs clean" 'number of failed transactions: 0 ' \
+		"$(tr '\n' ' ' <"$TMP/pgbench-S.log")"
+else
+	fail "pgbench -i through pglane: $(tail -n 3 "$TMP/pgbench-i.log")"
+fi
+
+# A client that stops reading a 1 GB result: the kernel stops relaying after its budget and pglane's own
+# back-pressure holds the server; the kernel's memory stays bounded (MemAvailable is machine-wide, so the
+# bound is loose: without the budget the kernel held the whole gigabyte).
+MEM0=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
+(
+	in_env kr --production -- timeout 20 psql -X -c "COPY (SELECT repeat('x', 1000) FROM generate_series(1, 1000000)) TO STDOUT" | sleep 8
+) >/dev/null 2>&1 &
+sleep 1.5
+check_eq "the server of a client that stopped reading waits on ClientWrite" ClientWrite \
+	"$(direct -c "SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'COPY%' AND pid <> pg_backend_pid()")"
+MEM1=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
+check "the machine's available memory stays (${MEM0} -> ${MEM1} kB; the result is 1 GB)" [ $((MEM0 - MEM1)) -lt 262144 ]
+sleep 3
+check "the stalled client is cut after client_write_timeout" \
+	grep -q "client took nothing for client_write_timeout" "$PGLANE_LOG"
+
+# An idle session relayed by the kernel gets 57P01 when pglane stops (after shutdown_timeout).
+bg_start in_env kr --production -- psql -X -At -c "SELECT 1" -c "\\! sleep 3" -c "SELECT 2" >"$TMP/idle.out" 2>&1
+sleep 1.5
+pglane_stop
+sleep 2
+check_match "an idle session hears the shutdown (57P01)" 'terminating connection due to administrator command' \
+	"$(tr '\n' ' ' <"$TMP/idle.out")"
+finish
