@@ -34,6 +34,7 @@
 #   BENCH_PGB_USERLIST=plain   PgBouncer's userlist: plain (the password: one PBKDF2 per client login,
 #                          as issue 7's baseline figures) or scram (the SCRAM secret from pg_authid)
 #   BENCH_PGLANE_WORKERS   when set, written as [pglane] workers = N
+#   BENCH_KERNEL_RELAY=auto   pglane's kernel_relay (off: pglane's own user-space relay, for comparison)
 #   BENCH_PERF=0           1: after cases 1 and 4 (BENCH_PERF_CASES), count each proxy's system calls per
 #                          transaction (perf stat) and profile pglane (perf record) in extra runs, and add
 #                          both to the results; needs perf (linux-perf)
@@ -173,6 +174,7 @@ CASES=${BENCH_CASES:-1 1t 2 3 4 4t 5 idle}
 MAXCONN=${BENCH_MAX_CONNECTIONS:-600}
 IDLE_N=${BENCH_IDLE_CLIENTS:-$((MAXCONN - 50))}
 PGB_USERLIST=${BENCH_PGB_USERLIST:-plain}
+KRELAY=${BENCH_KERNEL_RELAY:-auto}
 PERF=${BENCH_PERF:-0}
 PERF_CASES=${BENCH_PERF_CASES:-1 4}
 RESULTS=${BENCH_RESULTS:-$BENCH_DIR/results.md}
@@ -202,7 +204,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 
 DATA=$TMP/bench
 mkdir -p "$DATA/lat" && chmod 755 "$DATA"
-RAW=$DATA/runs.tsv # case target round tps txns cpu_us hwm_kb lat_ms user_cpu_us
+RAW=$DATA/runs.tsv # case target round tps txns cpu_us hwm_kb lat_ms user_cpu_us machine_cpu_us
 : >"$RAW"
 START_TS=$(date +%s)
 
@@ -220,6 +222,13 @@ proc_cpu_us() {
 		st=$((st + f[12]))
 	done
 	echo "$(((ut + st) * 1000000 / CLK_TCK)) $((ut * 1000000 / CLK_TCK))"
+}
+
+# machine_busy_us: CPU time the whole machine has spent busy so far (user, nice, system, irq, softirq of
+# every CPU, from /proc/stat), in microseconds.  Whichever process the kernel charges work to, it is here:
+# the kernel relay's redirects run in the sending process's context (pgbench's, PostgreSQL's), not pglane's.
+machine_busy_us() {
+	awk -v hz="$CLK_TCK" '$1 == "cpu" { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8) * 1000000 / hz; exit }' /proc/stat
 }
 
 # proc_status_kb PID FIELD: VmRSS, VmHWM, ... in kB.
@@ -371,7 +380,7 @@ listen = 127.0.0.1:$1
 tls_cert = $CERTS/server.crt
 tls_key = $CERTS/server.key
 ${BENCH_PGLANE_WORKERS:+workers = $BENCH_PGLANE_WORKERS}
-${BENCH_KERNEL_RELAY:+kernel_relay = $BENCH_KERNEL_RELAY}
+kernel_relay = $KRELAY
 
 [instance main]
 url = postgresql://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres?sslmode=disable
@@ -485,8 +494,10 @@ run_pgbench() {
 		proc_reset_hwm "$pid"
 		read -r c0 u0 < <(proc_cpu_us "$pid")
 	fi
+	m0=$(machine_busy_us)
 	in_target "$t" "$(case_mode "$cs")" pgbench -n -T "$secs" "${args[@]}" "${extra[@]}" >"$out" 2>&1
 	rc=$?
+	m1=$(machine_busy_us)
 	if [ -n "$pid" ]; then
 		read -r c1 u1 < <(proc_cpu_us "$pid")
 		hwm=$(proc_status_kb "$pid" VmHWM)
@@ -503,8 +514,8 @@ run_pgbench() {
 		say "case $cs $t round $round: pgbench failed (exit $rc): $(tail -n 3 "$out" | tr '\n' ' ')"
 		return 1
 	fi
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cs" "$t" "$round" "$tps" "$txns" $((c1 - c0)) "${hwm:-0}" \
-		"${lat:-0}" $((u1 - u0)) >>"$RAW"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cs" "$t" "$round" "$tps" "$txns" $((c1 - c0)) "${hwm:-0}" \
+		"${lat:-0}" $((u1 - u0)) $((m1 - m0)) >>"$RAW"
 	say "case $cs $t round $round: tps $tps, $txns transactions${pid:+, proxy CPU $(((c1 - c0) / (txns > 0 ? txns : 1))) us/txn}"
 	return 0
 }
@@ -667,23 +678,24 @@ esac
 
 # ---------------------------------------------------------------- the report
 
-declare -A TPS TPSR CPU UCPU HWM LAT P99 AVGL
+declare -A TPS TPSR CPU UCPU MCPU HWM LAT P99 AVGL
 # stats: per case and target, mean tps, the rounds' tps, CPU us per transaction, peak RSS (kB), latency.
 # (Fields are joined by "|": with a tab, read would merge the empty fields of the direct rows.)
-while IFS='|' read -r cs t tps_mean tps_list cpu hwm lat ucpu; do
+while IFS='|' read -r cs t tps_mean tps_list cpu hwm lat ucpu mcpu; do
 	TPS[$cs,$t]=$tps_mean
 	UCPU[$cs,$t]=$ucpu
 	TPSR[$cs,$t]=$tps_list
 	CPU[$cs,$t]=$cpu
 	HWM[$cs,$t]=$hwm
 	LAT[$cs,$t]=$lat
+	MCPU[$cs,$t]=$mcpu
 done < <(awk -F'\t' '
-	{ k = $1 "|" $2; n[k]++; tps[k] += $4; txns[k] += $5; cpu[k] += $6; lat[k] += $8; ucpu[k] += $9
+	{ k = $1 "|" $2; n[k]++; tps[k] += $4; txns[k] += $5; cpu[k] += $6; lat[k] += $8; ucpu[k] += $9; mcpu[k] += $10
 	  if ($7 > hwm[k]) hwm[k] = $7
 	  list[k] = n[k] == 1 ? sprintf("%.0f", $4) : list[k] ", " sprintf("%.0f", $4) }
-	END { for (k in n) printf "%s|%.1f|%s|%s|%s|%.3f|%s\n", k, tps[k] / n[k], list[k],
+	END { for (k in n) printf "%s|%.1f|%s|%s|%s|%.3f|%s|%.1f\n", k, tps[k] / n[k], list[k],
 	        (hwm[k] > 0 ? sprintf("%.1f", cpu[k] / txns[k]) : ""), (hwm[k] > 0 ? hwm[k] : ""), lat[k] / n[k],
-	        (hwm[k] > 0 ? sprintf("%.1f", ucpu[k] / txns[k]) : "") }' "$RAW")
+	        (hwm[k] > 0 ? sprintf("%.1f", ucpu[k] / txns[k]) : ""), mcpu[k] / txns[k] }' "$RAW")
 
 # One-client latency from the per-transaction logs (column 3: microseconds): average and p99 (nearest rank).
 for t in "${TARGETS[@]}"; do
@@ -730,8 +742,8 @@ OUT=$DATA/results.md
 	echo "- pglane $REV ($("$PGLANE" --version 2>&1 | head -n 1)); $("$PGBOUNCER" --version 2>&1 | head -n 1); $("$PG_BIN/postgres" --version); $(pgbench --version); $(openssl version | cut -d' ' -f1-2); libevent $(pkg-config --modversion libevent 2>/dev/null)"
 	echo "- load average (1, 5, 15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine moves the numbers; the interleaving spreads it over all three targets)"
 	echo "- PostgreSQL: max_connections $MAXCONN, shared_buffers 256MB, fsync off, SCRAM; pgbench scale $SCALE on database \`$DB\`"
-	echo "- PgBouncer: session pool, auth_type scram-sha-256 with the $([ "$PGB_USERLIST" = scram ] && echo "SCRAM secret" || echo "plaintext password") in its userlist, default_pool_size 300, plaintext to the server; pglane: ${BENCH_PGLANE_WORKERS:+workers = $BENCH_PGLANE_WORKERS, }plaintext to the server (sslmode=disable). Both offer client TLS with the same RSA-2048 certificate; PostgreSQL (direct) serves TLS with it too."
-	echo "- Each case: ${WARMUP} s warm-up per target, then $ROUNDS rounds of ${SECS} s, interleaved direct, pgbouncer, pglane. tps is the mean of the rounds; proxy CPU is the proxy process's utime+stime over the measured runs divided by their transactions (\"of which user\": utime alone; the rest is the kernel's, on the proxy's behalf); peak RSS is VmHWM during a run (reset before each)."
+	echo "- PgBouncer: session pool, auth_type scram-sha-256 with the $([ "$PGB_USERLIST" = scram ] && echo "SCRAM secret" || echo "plaintext password") in its userlist, default_pool_size 300, plaintext to the server; pglane: ${BENCH_PGLANE_WORKERS:+workers = $BENCH_PGLANE_WORKERS, }kernel_relay = $KRELAY ($(grep -q "kernel relay on" "$TMP/pglane-$LANE_PORT.log" 2>/dev/null && echo "active: plaintext sessions relayed in the kernel" || echo "not active: pglane relays in user space")), plaintext to the server (sslmode=disable). Both offer client TLS with the same RSA-2048 certificate; PostgreSQL (direct) serves TLS with it too."
+	echo "- Each case: ${WARMUP} s warm-up per target, then $ROUNDS rounds of ${SECS} s, interleaved direct, pgbouncer, pglane. tps is the mean of the rounds; proxy CPU is the proxy process's utime+stime over the measured runs divided by their transactions (\"of which user\": utime alone; the rest is the kernel's, on the proxy's behalf); machine CPU is the whole machine's busy time (/proc/stat: pgbench, PostgreSQL, the proxy and the kernel's work for all of them, wherever it is charged) per transaction, the honest total when the kernel relay moves work out of pglane's own account; peak RSS is VmHWM during a run (reset before each)."
 	echo
 	for cs in $CASES; do
 		[ "$cs" = idle ] && continue
@@ -743,8 +755,8 @@ OUT=$DATA/results.md
 			echo "| target | tps per round | tps | latency avg (µs) | p99 (µs) | avg − direct | p99 − direct | proxy CPU µs/txn | of which user | proxy peak RSS |"
 			echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 		else
-			echo "| target | tps per round | tps | vs direct | latency avg (ms) | proxy CPU µs/txn | of which user | proxy peak RSS |"
-			echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+			echo "| target | tps per round | tps | vs direct | latency avg (ms) | proxy CPU µs/txn | of which user | machine CPU µs/txn | proxy peak RSS |"
+			echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 		fi
 		for t in "${TARGETS[@]}"; do
 			k="$cs,$t"
@@ -755,9 +767,9 @@ OUT=$DATA/results.md
 					"$(awk -v a="${P99[5,$t]:-}" -v b="${P99[5,direct]:-}" 'BEGIN { if (a == "" || b == "") print "–"; else printf "%+d\n", a - b }')" \
 					"${CPU[$k]:-–}" "${UCPU[$k]:-–}" "$(kb_mb "${HWM[$k]:-}")"
 			else
-				printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "${TPSR[$k]:-failed}" "${TPS[$k]:-–}" \
+				printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "${TPSR[$k]:-failed}" "${TPS[$k]:-–}" \
 					"$(fmt_ratio "${TPS[$k]:-}" "${TPS[$cs,direct]:-}")" "${LAT[$k]:-–}" "${CPU[$k]:-–}" \
-					"${UCPU[$k]:-–}" "$(kb_mb "${HWM[$k]:-}")"
+					"${UCPU[$k]:-–}" "${MCPU[$k]:-–}" "$(kb_mb "${HWM[$k]:-}")"
 			fi
 		done
 		echo
