@@ -62,6 +62,7 @@ enum pglane_key {
 	GK_CLIENT_IDLE_TIMEOUT,
 	GK_CLIENT_WRITE_TIMEOUT,
 	GK_KERNEL_RELAY,
+	GK_SERVER_IDLE_TIMEOUT,
 	GK_N
 };
 static const char *const pglane_keys[GK_N + 1] = {
@@ -71,7 +72,7 @@ static const char *const pglane_keys[GK_N + 1] = {
     "tls_min_version", "client_ca",        "client_ca_key",  "client_crl",
     "allow_cleartext", "admin_user",       "admin_password", "http_listen",
     "log_format",      "log_level",        "log_file",       "client_idle_timeout",
-    "client_write_timeout", "kernel_relay", NULL};
+    "client_write_timeout", "kernel_relay",     "server_idle_timeout", NULL};
 
 enum instance_key {
 	IK_URL,
@@ -439,6 +440,7 @@ static void finish_pglane(struct parser *p)
 	take_ms(p, GK_SHUTDOWN_TIMEOUT, &c->shutdown_timeout_ms);
 	take_int(p, GK_CLIENT_IDLE_TIMEOUT, 0, MAX_SECONDS, &c->client_idle_timeout_s);
 	take_int(p, GK_CLIENT_WRITE_TIMEOUT, 1, MAX_SECONDS, &c->client_write_timeout_s);
+	take_int(p, GK_SERVER_IDLE_TIMEOUT, 0, MAX_SECONDS, &c->server_idle_timeout_s);
 	take_int(p, GK_MAX_CLIENTS, 1, 1000000, &c->max_clients);
 	take_int(p, GK_MAX_PACKET_SIZE, 1024, 1 << 30, &c->max_packet_size);
 	take_int(p, GK_WORKERS, 0, 1024, &c->workers);
@@ -874,6 +876,7 @@ struct conf *conf_load_string(const char *text, const char *name, const char *ba
 	c->login_timeout_ms = 15000;
 	c->shutdown_timeout_ms = 30000;
 	c->client_write_timeout_s = 60;
+	c->server_idle_timeout_s = 60;
 	c->max_clients = 10000;
 	c->max_packet_size = 65536;
 	if (strncmp(p.pos, "\xEF\xBB\xBF", 3) == 0)

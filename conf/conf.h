@@ -80,6 +80,7 @@ struct conf {
 	int max_clients;        /* default 10000 */
 	int client_idle_timeout_s;  /* a session with no traffic either way this long ends (57P05); 0 = never */
 	int client_write_timeout_s; /* a client that takes none of what waits for it this long is cut; 60 */
+	int server_idle_timeout_s;  /* a server connection a client left waits this long for the next (pool.c); 0 = none */
 	int max_packet_size;    /* bytes, default 65536 for startup-phase messages */
 	int workers;            /* 0 = number of cores */
 	enum kernel_relay kernel_relay; /* relay plaintext sessions inside the kernel (proxy/krelay.c); off */

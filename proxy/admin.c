@@ -245,6 +245,9 @@ static void show_stats(struct proxy *px, struct admin_out *o)
 		{"backend_errors", s->backend_errors},
 		{"provisions", s->provisions_ok},
 		{"provision_failures", s->provisions_failed},
+		{"server_connections_kept", s->pool_kept},
+		{"server_connections_reused", s->pool_reused},
+		{"server_connections_idle", px->npooled},
 		{"reloads", s->reloads_ok},
 		{"reloads_rejected", s->reloads_failed},
 		{"bytes_in_closed", s->bytes_in},
@@ -313,7 +316,8 @@ void admin_park(struct conn *c)
 	TAILQ_REMOVE(&c->px->conns, c, link);
 	TAILQ_INSERT_TAIL(&c->px->paused, c, link);
 	c->parked = true;
-	evtimer_del(c->timer);
+	if (c->timer)
+		evtimer_del(c->timer);
 	log_conn(LOG_INFO, c, "held by PAUSE");
 }
 
@@ -533,7 +537,8 @@ void admin_start(struct conn *c)
 	};
 
 	c->state = CONN_ADMIN;
-	evtimer_del(c->timer);
+	if (c->timer)
+		evtimer_del(c->timer);
 	conn_login_done(c);
 	for (size_t i = 0; i < NCOLS(params); i++) {
 		size_t off = pgbuf_begin(&b, PG_MSG_PARAMETER_STATUS);

@@ -62,6 +62,33 @@ static void be_send_startup(struct conn *c)
 	pgbuf_free(&b);
 }
 
+/* A parked server connection (pool.c) stands in for a login: the client hears what the server's login
+ * would have told it, with a new cancel key of pglane's, and the relay starts. */
+static void be_resume(struct conn *c)
+{
+	struct pgbuf b = {0};
+	static const uint8_t ready[6] = {PG_MSG_READY_FOR_QUERY, 0, 0, 0, 5, 'I'};
+
+	if (!cancel_map_add(c->px, c)) {
+		conn_fail(c, "53200", "out of memory", "out of memory");
+		return;
+	}
+	pgbuf_put(&b, c->be_params->data, c->be_params->len);
+	pg_put_backend_key(&b, c->be_pid, c->cancel_key);
+	pgbuf_put(&b, ready, sizeof(ready));
+	if (b.oom || bufferevent_write(c->client, b.data, b.len) != 0) {
+		pgbuf_free(&b);
+		conn_fail(c, "53200", "out of memory", "out of memory");
+		return;
+	}
+	pgbuf_free(&b);
+	c->be_phase = BE_READY;
+	c->px->stats.routed++;
+	log_conn(LOG_INFO, c, "routed to %s database \"%s\" (server pid %u, kept from an earlier client)",
+		 c->inst->name, c->route.dbname, c->be_pid);
+	relay_start(c);
+}
+
 void backend_start(struct conn *c)
 {
 	const struct conf_instance *in = c->route.app->instance;
@@ -69,6 +96,12 @@ void backend_start(struct conn *c)
 
 	c->state = CONN_CONNECT;
 	c->inst = in;
+	pool_login_begins(c);
+	if (pool_take(c)) {
+		bufferevent_disable(c->client, EV_READ);
+		be_resume(c);
+		return;
+	}
 	scram_client_free(c->lg->bscram); /* a retry after autoprov starts a new exchange */
 	c->lg->bscram = NULL;
 	if (!c->provisioned)
@@ -331,6 +364,8 @@ static void be_on_login(struct conn *c, struct evbuffer *in)
 				if (live && memchr(v, '\0', m.body_len - 15))
 					snprintf(live->server_version, sizeof(live->server_version), "%s", v);
 			}
+			if (m.type == PG_MSG_PARAMETER_STATUS)
+				pool_note_param(c, p, total);
 			bufferevent_write(c->client, p, total);
 			break;
 		}

@@ -76,6 +76,11 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 void conn_arm_timer(struct conn *c, int ms)
 {
 	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+	/* A session frees its timer when the relay starts (relay_start()); a later deadline makes it anew.
+	 * Without memory for it, the deadline is not kept, and the session still ends when its sockets do. */
+	if (!c->timer && !(c->timer = evtimer_new(c->px->base, conn_timer_cb, c)))
+		return;
 	evtimer_add(c->timer, &tv);
 }
 
@@ -138,10 +143,15 @@ static void conn_free(struct conn *c)
 	if (c->server)
 		bufferevent_free(c->server);
 	relay_free(c);
-	event_free(c->timer);
+	if (c->timer)
+		event_free(c->timer);
 	conn_login_done(c);
 	snapshot_unref(c->snap);
 	OPENSSL_cleanse(c->route.token, sizeof(c->route.token));
+	if (c->be_params) {
+		pgbuf_free(c->be_params);
+		free(c->be_params);
+	}
 	free(c);
 }
 
@@ -192,7 +202,8 @@ void conn_close(struct conn *c, const char *reason)
 	if (c->server)
 		bufferevent_disable(c->server, EV_READ | EV_WRITE);
 	relay_stop(c, false);
-	evtimer_del(c->timer);
+	if (c->timer)
+		evtimer_del(c->timer);
 	c->px->nclients--;
 	c->px->stats.bytes_in += c->bytes_in;
 	c->px->stats.bytes_out += c->bytes_out;

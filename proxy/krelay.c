@@ -15,8 +15,10 @@
  * The program, per segment of skb->len bytes arriving on a socket (written out in krelay_prog below):
  *
  *   slot = slots[cookie(skb)]                     not a session's socket: SK_PASS (user space reads it)
+ *   (a segment without bytes, a FIN, is redirected uncounted)
  *   st = &stats[slot]
  *   if (st->mode) return SK_PASS                  this direction is relayed by pglane now
+ *   if (st->flags && len == 5 && first byte 'X') return SK_PASS     a Terminate: pglane may keep the server
  *   if (st->turn + len > KR_BURST || st->bytes + len > st->credit) { st->mode = 1; return SK_PASS; }
  *   st->turn += len; st->bytes += len; st->last_ns = now; st->tail = last 6 bytes (0 when len < 6)
  *   stats[slot ^ 1].turn = 0                      the other side's turn begins again
@@ -64,6 +66,7 @@
 #define KR_BURST (256 * 1024) /* bytes one direction may pass in the kernel while the other is silent */
 #define KR_CAP (4 * 1024 * 1024) /* bytes the kernel may hold for one direction beyond what its destination took */
 #define KR_MODE_USER 1u
+#define KR_FLAG_TERMINATE 1u
 
 struct kr_stat {              /* one per socket slot; written by the program, read by pglane */
 	uint64_t bytes;       /* relayed by the kernel */
@@ -72,6 +75,8 @@ struct kr_stat {              /* one per socket slot; written by the program, re
 	uint32_t mode;        /* 0 the kernel relays; KR_MODE_USER pglane does */
 	uint32_t turn;        /* bytes relayed since the other side last sent */
 	uint64_t credit;      /* bytes may reach this far; raised by pglane as the destination takes them */
+	uint32_t flags;       /* KR_FLAG_TERMINATE: a client's lone Terminate goes to pglane (pool.c) */
+	uint32_t pad;
 };
 
 struct krelay {
@@ -141,83 +146,144 @@ static void kr_map_delete(int fd, const void *key)
 #define JLT_K(d, k, o) I(BPF_JMP | BPF_JLT | BPF_K, d, 0, o, k)
 #define EXIT() I(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 
-/* Jump offsets below count instructions between the jump and its label; LD_MAP is two. */
+/* The program, built with labels: kr_emit() takes an instruction and, for a jump, the label it goes to;
+ * kr_link() turns labels into offsets once every instruction is in place. */
+enum kr_label { L_PASS, L_SETPASS, L_RELAY, L_PEER, L_REDIRECT, L_NLABELS };
+struct kr_asm {
+	struct bpf_insn ins[96];
+	int to[96];           /* the label a jump goes to, -1 for other instructions */
+	int at[L_NLABELS];    /* where each label is */
+	int n;
+};
+
+static void kr_emit(struct kr_asm *a, struct bpf_insn i, int label)
+{
+	if (a->n < (int)(sizeof(a->ins) / sizeof(a->ins[0]))) {
+		a->ins[a->n] = i;
+		a->to[a->n++] = label;
+	}
+}
+
+static void kr_link(struct kr_asm *a)
+{
+	for (int i = 0; i < a->n; i++)
+		if (a->to[i] >= 0)
+			a->ins[i].off = (int16_t)(a->at[a->to[i]] - i - 1);
+}
+
+#define E(i) kr_emit(&a, i, -1)
+#define J(i, label) kr_emit(&a, i, label)
+#define LABEL(label) (a.at[label] = a.n)
+#define ST(field) offsetof(struct kr_stat, field)
+
 static int kr_load_prog(struct krelay *kr, char *err, size_t errlen)
 {
-	const int len = offsetof(struct __sk_buff, len);
-	const struct bpf_insn prog[] = {
-	    MOV_X(6, 1),                                   /*  0 r6 = skb */
-	    CALL(BPF_FUNC_get_socket_cookie),              /*  1 */
-	    STX(BPF_DW, 10, 0, -8),                        /*  2 key = cookie */
-	    MOV_X(2, 10), ADD_K(2, -8),                    /*  3  4 */
-	    LD_MAP(1, kr->slots),                          /*  5  6 */
-	    CALL(BPF_FUNC_map_lookup_elem),                /*  7 */
-	    JEQ_K(0, 0, 54),                               /*  8 not ours -> PASS (63) */
-	    LDX(BPF_W, 7, 0, 0),                           /*  9 r7 = slot */
-	    STX(BPF_W, 10, 7, -12),                        /* 10 */
-	    MOV_X(2, 10), ADD_K(2, -12),                   /* 11 12 */
-	    LD_MAP(1, kr->stats),                          /* 13 14 */
-	    CALL(BPF_FUNC_map_lookup_elem),                /* 15 */
-	    JEQ_K(0, 0, 46),                               /* 16 -> PASS (63) */
-	    MOV_X(8, 0),                                   /* 17 r8 = &stats[slot] */
-	    LDX(BPF_W, 1, 8, offsetof(struct kr_stat, mode)), /* 18 */
-	    JNE_K(1, 0, 43),                               /* 19 pglane's direction -> PASS (63) */
-	    LDX(BPF_W, 9, 6, len),                         /* 20 r9 = skb->len */
-	    LDX(BPF_W, 1, 8, offsetof(struct kr_stat, turn)), /* 21 */
-	    ADD_X(1, 9),                                   /* 22 */
-	    JGT_K(1, KR_BURST, 37),                        /* 23 -> SETPASS (61) */
-	    STX(BPF_W, 8, 1, offsetof(struct kr_stat, turn)), /* 24 */
-	    LDX(BPF_DW, 1, 8, offsetof(struct kr_stat, bytes)), /* 25 */
-	    ADD_X(1, 9),                                   /* 26 */
-	    LDX(BPF_DW, 2, 8, offsetof(struct kr_stat, credit)), /* 27 */
-	    JGT_X(1, 2, 32),                               /* 28 past the credit -> SETPASS (61) */
-	    STX(BPF_DW, 8, 1, offsetof(struct kr_stat, bytes)), /* 29 */
-	    CALL(BPF_FUNC_ktime_get_ns),                   /* 30 */
-	    STX(BPF_DW, 8, 0, offsetof(struct kr_stat, last_ns)), /* 31 */
-	    MOV_K(1, 0),                                   /* 32 */
-	    STX(BPF_DW, 8, 1, offsetof(struct kr_stat, tail)), /* 33 */
-	    JLT_K(9, 6, 7),                                /* 34 -> PEER (42) */
-	    MOV_X(2, 9), ADD_K(2, -6),                     /* 35 36 offset = len - 6 */
-	    MOV_X(1, 6),                                   /* 37 */
-	    MOV_X(3, 8), ADD_K(3, offsetof(struct kr_stat, tail)), /* 38 39 */
-	    MOV_K(4, 6),                                   /* 40 */
-	    CALL(BPF_FUNC_skb_load_bytes),                 /* 41 */
-	    MOV_X(1, 7), XOR_K(1, 1),                      /* 42 43 PEER: the other slot */
-	    STX(BPF_W, 10, 1, -12),                        /* 44 */
-	    MOV_X(2, 10), ADD_K(2, -12),                   /* 45 46 */
-	    LD_MAP(1, kr->stats),                          /* 47 48 */
-	    CALL(BPF_FUNC_map_lookup_elem),                /* 49 */
-	    JEQ_K(0, 0, 2),                                /* 50 -> REDIRECT (53) */
-	    MOV_K(1, 0),                                   /* 51 */
-	    STX(BPF_W, 0, 1, offsetof(struct kr_stat, turn)), /* 52 */
-	    MOV_X(3, 7), XOR_K(3, 1),                      /* 53 54 REDIRECT */
-	    MOV_X(1, 6),                                   /* 55 */
-	    LD_MAP(2, kr->socks),                          /* 56 57 */
-	    MOV_K(4, 0),                                   /* 58 egress: out of the other socket */
-	    CALL(BPF_FUNC_sk_redirect_map),                /* 59 */
-	    EXIT(),                                        /* 60 */
-	    MOV_K(1, KR_MODE_USER),                        /* 61 SETPASS */
-	    STX(BPF_W, 8, 1, offsetof(struct kr_stat, mode)), /* 62 */
-	    MOV_K(0, SK_PASS),                             /* 63 PASS */
-	    EXIT(),                                        /* 64 */
-	};
+	struct kr_asm a = {.n = 0};
+	struct bpf_insn ldmap[2];
+
+	E(MOV_X(6, 1));                                   /* r6 = skb */
+	E(CALL(BPF_FUNC_get_socket_cookie));
+	E(STX(BPF_DW, 10, 0, -8));                        /* key = cookie */
+	E(MOV_X(2, 10));
+	E(ADD_K(2, -8));
+	memcpy(ldmap, (struct bpf_insn[]){LD_MAP(1, kr->slots)}, sizeof(ldmap));
+	E(ldmap[0]), E(ldmap[1]);
+	E(CALL(BPF_FUNC_map_lookup_elem));
+	J(JEQ_K(0, 0, 0), L_PASS);                        /* not a session's socket */
+	E(LDX(BPF_W, 7, 0, 0));                           /* r7 = slot */
+	E(STX(BPF_W, 10, 7, -12));
+	E(MOV_X(2, 10));
+	E(ADD_K(2, -12));
+	memcpy(ldmap, (struct bpf_insn[]){LD_MAP(1, kr->stats)}, sizeof(ldmap));
+	E(ldmap[0]), E(ldmap[1]);
+	E(CALL(BPF_FUNC_map_lookup_elem));
+	J(JEQ_K(0, 0, 0), L_PASS);
+	E(MOV_X(8, 0));                                   /* r8 = &stats[slot] */
+	E(LDX(BPF_W, 1, 8, ST(mode)));
+	J(JNE_K(1, 0, 0), L_PASS);                        /* pglane relays this direction */
+	E(LDX(BPF_W, 9, 6, offsetof(struct __sk_buff, len))); /* r9 = skb->len */
+	J(JEQ_K(9, 0, 0), L_PASS);                        /* no bytes (a FIN): pglane sees the end itself */
+	/* A client's Terminate alone in its segment goes to pglane, which keeps the server (pool.c). */
+	E(LDX(BPF_W, 1, 8, ST(flags)));
+	J(JEQ_K(1, 0, 0), L_RELAY);
+	J(JNE_K(9, 5, 0), L_RELAY);
+	E(MOV_X(1, 6));
+	E(MOV_K(2, 0));
+	E(MOV_X(3, 10));
+	E(ADD_K(3, -16));
+	E(MOV_K(4, 1));
+	E(CALL(BPF_FUNC_skb_load_bytes));
+	E(LDX(BPF_B, 1, 10, -16));
+	J(JEQ_K(1, 'X', 0), L_PASS);
+	LABEL(L_RELAY);
+	E(LDX(BPF_W, 1, 8, ST(turn)));
+	E(ADD_X(1, 9));
+	J(JGT_K(1, KR_BURST, 0), L_SETPASS);              /* the other side has been silent too long */
+	E(STX(BPF_W, 8, 1, ST(turn)));
+	E(LDX(BPF_DW, 1, 8, ST(bytes)));
+	E(ADD_X(1, 9));
+	E(LDX(BPF_DW, 2, 8, ST(credit)));
+	J(JGT_X(1, 2, 0), L_SETPASS);                     /* past the credit */
+	E(STX(BPF_DW, 8, 1, ST(bytes)));
+	E(CALL(BPF_FUNC_ktime_get_ns));
+	E(STX(BPF_DW, 8, 0, ST(last_ns)));
+	E(MOV_K(1, 0));
+	E(STX(BPF_DW, 8, 1, ST(tail)));
+	J(JLT_K(9, 6, 0), L_PEER);
+	E(MOV_X(2, 9));
+	E(ADD_K(2, -6));                                  /* offset = len - 6 */
+	E(MOV_X(1, 6));
+	E(MOV_X(3, 8));
+	E(ADD_K(3, ST(tail)));
+	E(MOV_K(4, 6));
+	E(CALL(BPF_FUNC_skb_load_bytes));
+	LABEL(L_PEER);                                    /* the other side's turn begins again */
+	E(MOV_X(1, 7));
+	E(XOR_K(1, 1));
+	E(STX(BPF_W, 10, 1, -12));
+	E(MOV_X(2, 10));
+	E(ADD_K(2, -12));
+	memcpy(ldmap, (struct bpf_insn[]){LD_MAP(1, kr->stats)}, sizeof(ldmap));
+	E(ldmap[0]), E(ldmap[1]);
+	E(CALL(BPF_FUNC_map_lookup_elem));
+	J(JEQ_K(0, 0, 0), L_REDIRECT);
+	E(MOV_K(1, 0));
+	E(STX(BPF_W, 0, 1, ST(turn)));
+	LABEL(L_REDIRECT);
+	E(MOV_X(3, 7));
+	E(XOR_K(3, 1));
+	E(MOV_X(1, 6));
+	memcpy(ldmap, (struct bpf_insn[]){LD_MAP(2, kr->socks)}, sizeof(ldmap));
+	E(ldmap[0]), E(ldmap[1]);
+	E(MOV_K(4, 0));                                   /* egress: out of the other socket */
+	E(CALL(BPF_FUNC_sk_redirect_map));
+	E(EXIT());
+	LABEL(L_SETPASS);
+	E(MOV_K(1, KR_MODE_USER));
+	E(STX(BPF_W, 8, 1, ST(mode)));
+	LABEL(L_PASS);
+	E(MOV_K(0, SK_PASS));
+	E(EXIT());
+	kr_link(&a);
+	const struct bpf_insn *prog = a.ins;
+	const size_t ninsns = (size_t)a.n;
 	static char log[65536];
-	union bpf_attr a;
+	union bpf_attr attr;
 
 	/* Without a log first (a verified program's log can overflow any buffer: ENOSPC); with one to say why. */
 	for (int level = 0; level < 2 && kr->prog < 0; level++) {
-		memset(&a, 0, sizeof(a));
-		a.prog_type = BPF_PROG_TYPE_SK_SKB;
-		a.insns = (uint64_t)(uintptr_t)prog;
-		a.insn_cnt = sizeof(prog) / sizeof(prog[0]);
-		a.license = (uint64_t)(uintptr_t) "GPL"; /* sk_redirect_map is a GPL-only helper */
+		memset(&attr, 0, sizeof(attr));
+		attr.prog_type = BPF_PROG_TYPE_SK_SKB;
+		attr.insns = (uint64_t)(uintptr_t)prog;
+		attr.insn_cnt = (uint32_t)ninsns;
+		attr.license = (uint64_t)(uintptr_t) "GPL"; /* sk_redirect_map is a GPL-only helper */
 		if (level) {
-			a.log_buf = (uint64_t)(uintptr_t)log;
-			a.log_size = sizeof(log);
-			a.log_level = 1;
+			attr.log_buf = (uint64_t)(uintptr_t)log;
+			attr.log_size = sizeof(log);
+			attr.log_level = 1;
 			log[0] = '\0';
 		}
-		kr->prog = (int)kr_bpf(BPF_PROG_LOAD, &a);
+		kr->prog = (int)kr_bpf(BPF_PROG_LOAD, &attr);
 	}
 	if (kr->prog < 0) {
 		/* The verifier's reason is the last line of its log. */
@@ -229,11 +295,11 @@ static int kr_load_prog(struct krelay *kr, char *err, size_t errlen)
 			 last ? last + 1 : log);
 		return -1;
 	}
-	memset(&a, 0, sizeof(a));
-	a.target_fd = (uint32_t)kr->socks;
-	a.attach_bpf_fd = (uint32_t)kr->prog;
-	a.attach_type = BPF_SK_SKB_VERDICT;
-	if (kr_bpf(BPF_PROG_ATTACH, &a) < 0) {
+	memset(&attr, 0, sizeof(attr));
+	attr.target_fd = (uint32_t)kr->socks;
+	attr.attach_bpf_fd = (uint32_t)kr->prog;
+	attr.attach_type = BPF_SK_SKB_VERDICT;
+	if (kr_bpf(BPF_PROG_ATTACH, &attr) < 0) {
 		snprintf(err, errlen, "attaching the verdict program to the sockmap: %s", strerror(errno));
 		return -1;
 	}
@@ -336,6 +402,8 @@ bool krelay_attach(struct conn *c)
 	uint32_t slot[2] = {2 * pair, 2 * pair + 1};
 	memset((void *)&kr->st[slot[0]], 0, 2 * sizeof(struct kr_stat));
 	kr->st[slot[0]].credit = kr->st[slot[1]].credit = KR_CAP;
+	if (c->be_params) /* the server may outlive the client: pglane must see its Terminate */
+		kr->st[slot[0]].flags = KR_FLAG_TERMINATE;
 	/* The server socket first: a segment on the client's side finds its destination in place. */
 	uint64_t v1 = (uint64_t)fd[1], v0 = (uint64_t)fd[0];
 	if (kr_map_update(kr->slots, &cookie[0], &slot[0]) < 0 || kr_map_update(kr->slots, &cookie[1], &slot[1]) < 0 ||
@@ -405,8 +473,10 @@ void krelay_refresh(struct conn *c)
 	c->kr.seen[0] = in;
 	c->kr.seen[1] = out;
 	c->last_active = c->px->clock_s;
-	if (ns_out != c->kr.ns[1]) /* the server spoke: a boundary if it ended with ReadyForQuery */
+	if (ns_out != c->kr.ns[1]) { /* the server spoke: a boundary if it ended with ReadyForQuery */
 		c->server_idle = kr_tail_ready(tail);
+		c->server_status = c->server_idle ? (char)(tail >> 40) : 0;
+	}
 	if (ns_in > ns_out)        /* the client spoke after the server's last bytes */
 		c->client_waiting = true;
 	else if (ns_out != c->kr.ns[1])

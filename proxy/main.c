@@ -78,6 +78,7 @@ bool proxy_reload(struct proxy *px, char *err, size_t errlen)
 static void proxy_sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
 	relay_sweep(arg);
+	pool_sweep(arg);
 }
 
 static void proxy_sighup_cb(evutil_socket_t sig, short what, void *arg)
@@ -167,6 +168,7 @@ int proxy_run(const char *path)
 	TAILQ_INIT(&px.reap);
 	TAILQ_INIT(&px.autoprovs);
 	TAILQ_INIT(&px.paused);
+	TAILQ_INIT(&px.pool);
 	px.conf_path = path;
 	struct conf *conf = conf_load(path, err, sizeof(err));
 	if (!conf) {
@@ -233,6 +235,7 @@ out:;
 	while ((c = TAILQ_FIRST(&px.paused)))
 		conn_close(c, "shutdown");
 	conn_reap_now(&px);
+	pool_free_all(&px);
 	listener_close_all(&px);
 	metrics_free(&px);
 	inst_live_free(&px);

@@ -129,6 +129,14 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	metrics_counter(b, "pglane_provisions_total", "Databases created on first connection.", s->provisions_ok);
 	metrics_counter(b, "pglane_provision_failures_total", "Databases that could not be created.",
 			s->provisions_failed);
+	metrics_counter(b, "pglane_server_connections_kept_total",
+			"Server connections kept for the next client when theirs left (server_idle_timeout).", s->pool_kept);
+	metrics_counter(b, "pglane_server_connections_reused_total",
+			"Client logins served by a kept server connection: no connection or login to the instance.",
+			s->pool_reused);
+	evbuffer_add_printf(b, "# HELP pglane_server_connections_idle Server connections waiting for a client.\n"
+			       "# TYPE pglane_server_connections_idle gauge\npglane_server_connections_idle %zu\n",
+			    px->npooled);
 	evbuffer_add_printf(b, "# HELP pglane_reloads_total Configuration reloads by result.\n"
 			       "# TYPE pglane_reloads_total counter\n"
 			       "pglane_reloads_total{result=\"ok\"} %llu\npglane_reloads_total{result=\"rejected\"} %llu\n",

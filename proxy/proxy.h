@@ -160,12 +160,19 @@ struct conn {
 	uint32_t last_active;         /* px->clock_s of the last bytes either way */
 	uint32_t stalled_since;       /* px->clock_s when the client's side filled up (RELAY_BLOCKED_SERVER) */
 	struct krelay_conn kr;        /* the kernel's part of the relay, if any */
+	char server_status;           /* the status byte of the server's last ReadyForQuery: 'I', 'T' or 'E' */
+
+	/* server connection pooling (pool.c), when server_idle_timeout is set */
+	struct pgbuf *be_params;      /* owned: the server's ParameterStatus messages, for the next client */
+	uint8_t be_params_digest[16]; /* of the client's startup parameters: part of the pool's key */
 
 	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
 
 	TAILQ_ENTRY(conn) link;      /* px->conns or px->reap */
 };
 TAILQ_HEAD(conn_list, conn);
+struct pooled;
+TAILQ_HEAD(pool_list, pooled);
 TAILQ_HEAD(autoprov_list, autoprov);
 
 /* Counters for SHOW STATS and /metrics.  Bytes of closed connections; live ones add their own. */
@@ -177,6 +184,7 @@ struct stats {
 	uint64_t tls_handshakes, cancel_requests, cancels_forwarded;
 	uint64_t backend_errors, provisions_ok, provisions_failed;
 	uint64_t reloads_ok, reloads_failed;
+	uint64_t pool_kept, pool_reused; /* server connections kept when their client left; handed to a new one */
 	uint64_t bytes_in, bytes_out;
 	uint64_t connect_hist[STATS_CONNECT_BUCKETS + 1]; /* backend connect + login time; last = +Inf */
 	double connect_sum;
@@ -214,6 +222,8 @@ struct proxy {
 	void *peers;               /* OPENSSL_LHASH of per-address budgets (ratelimit.c) */
 	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
 	struct krelay *kr;         /* owned: the kernel relay's maps and program; NULL when off */
+	struct pool_list pool;     /* server connections waiting for their next client (pool.c) */
+	size_t npooled;
 	struct stats stats;
 	struct inst_live *inst_live; /* owned list */
 	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
@@ -324,6 +334,18 @@ void ratelimit_free(struct proxy *px);
 /* relay.c: what waits for one side past RELAY_HIGH stops reading from the other. */
 #define RELAY_HIGH (256 * 1024)
 void relay_start(struct conn *c);
+
+/* pool.c: server connections outlive their clients (server_idle_timeout) */
+void pool_login_begins(struct conn *c); /* backend_start(): the key of this login's server session */
+void pool_note_param(struct conn *c, const uint8_t *msg, size_t len); /* a ParameterStatus at login */
+bool pool_take(struct conn *c);    /* a parked server connection for c, which then goes on to relay */
+bool pool_release(struct conn *c); /* c's client ended with Terminate: true when its server was kept */
+void pool_sweep(struct proxy *px);
+void pool_free_all(struct proxy *px);
+
+/* relay.c, for pool.c: the server's raw socket leaves c (not closed), or a parked one joins c. */
+void relay_release_server(struct conn *c);
+bool relay_adopt_server(struct conn *c, evutil_socket_t fd); /* false: out of memory, fd not taken */
 
 /* krelay.c: the kernel relays plaintext sessions (kernel_relay) */
 bool krelay_open(struct proxy *px, uint32_t npairs, char *err, size_t errlen);

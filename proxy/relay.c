@@ -33,6 +33,7 @@ static void relay_read_cb(struct bufferevent *bev, void *arg);
 static void relay_event_cb(struct bufferevent *bev, short what, void *arg);
 static void relay_raw_write_cb(evutil_socket_t fd, short what, void *arg);
 static bool relay_kr_wait(struct conn *c, bool to_client);
+static bool relay_arm_write(struct conn *c, bool client);
 
 static struct relay_raw *relay_raw_of(struct conn *c, bool client)
 {
@@ -83,6 +84,7 @@ static void relay_count(struct conn *c, bool from_client, const uint8_t *tail6, 
 	} else {
 		c->bytes_out += n;
 		c->server_idle = tail6 && relay_is_ready_tail(tail6);
+		c->server_status = c->server_idle ? (char)tail6[5] : 0;
 		c->client_waiting &= !c->server_idle;
 	}
 }
@@ -152,7 +154,7 @@ static void relay_client_closed(struct conn *c)
 		bufferevent_disable(c->client, EV_READ | EV_WRITE);
 	if (c->rs.fd >= 0) {
 		if (!kernel)
-			event_add(c->rs.wev, NULL);
+			relay_arm_write(c, false);
 		return;
 	}
 	bufferevent_disable(c->server, EV_READ);
@@ -220,6 +222,20 @@ static bool relay_kr_wait(struct conn *c, bool to_client)
 	return true;
 }
 
+/* Waits for room on a raw side's socket.  Its write event is made on first need: most sessions never fill a
+ * socket, and an idle session's memory is mostly its events.  False: out of memory (c is then closed). */
+static bool relay_arm_write(struct conn *c, bool client)
+{
+	struct relay_raw *r = relay_raw_of(c, client);
+
+	if (!r->wev && !(r->wev = event_new(c->px->base, r->fd, EV_WRITE, relay_raw_write_cb, c))) {
+		conn_close(c, "out of memory");
+		return false;
+	}
+	event_add(r->wev, NULL);
+	return true;
+}
+
 /* Sends what a raw side has queued.  Returns false when the socket failed (c is then closing). */
 static bool relay_raw_flush(struct conn *c, bool client)
 {
@@ -235,7 +251,7 @@ static bool relay_raw_flush(struct conn *c, bool client)
 	if (k > 0)
 		krelay_wrote(c, client, (size_t)k);
 	if (evbuffer_get_length(r->out) > 0)
-		event_add(r->wev, NULL);
+		return relay_arm_write(c, client);
 	return true;
 }
 
@@ -277,9 +293,25 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 		conn_close(c, "out of memory");
 		return false;
 	}
-	if (!hold)
-		event_add(r->wev, NULL);
+	if (!hold && !relay_arm_write(c, to_client))
+		return false;
 	relay_check_full(c, to_client);
+	return true;
+}
+
+/* The client sent Terminate, alone, at a message boundary, outside a transaction: with pooling on, the
+ * server connection stays for the next client (pool.c) and only the client's side closes.  True when c
+ * has been closed that way; false: relay the bytes as any others. */
+static bool relay_client_terminates(struct conn *c, const uint8_t *p, size_t n)
+{
+	static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
+
+	if (!c->be_params || n != sizeof(terminate) || memcmp(p, terminate, n) != 0)
+		return false;
+	krelay_refresh(c);
+	if (c->client_waiting || !c->server_idle || c->server_status != 'I' || !pool_release(c))
+		return false;
+	conn_close(c, "client closed the connection; the server connection is kept for the next client");
 	return true;
 }
 
@@ -292,10 +324,14 @@ static void relay_raw_read_cb(evutil_socket_t fd, short what, void *arg)
 	for (int i = 0; i < RELAY_READS && c->state == CONN_RELAY && !c->closing; i++) {
 		ssize_t n = recv(fd, buf, sizeof(buf), 0);
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+			if (n < 0)
+				log_conn(LOG_DEBUG, c, "recv from the %s: %s", from_client ? "client" : "server", strerror(errno));
 			relay_side_ended(c, from_client, n < 0);
 			return;
 		}
 		if (n < 0)
+			return;
+		if (from_client && relay_client_terminates(c, buf, (size_t)n))
 			return;
 		relay_count(c, from_client, n >= 6 ? buf + n - 6 : NULL, (size_t)n);
 		if (!relay_deliver(c, !from_client, buf, (size_t)n, NULL))
@@ -345,6 +381,12 @@ static void relay_read_cb(struct bufferevent *src, void *arg)
 	bool have_tail = !from_client && n >= 6 && evbuffer_ptr_set(in, &pos, n - 6, EVBUFFER_PTR_SET) == 0 &&
 			 evbuffer_copyout_from(in, &pos, tail, 6) == 6;
 
+	if (from_client && n == 5 && c->be_params) {
+		uint8_t msg[5];
+		if (evbuffer_copyout(in, msg, 5) == 5 && relay_client_terminates(c, msg, 5))
+			return;
+	}
+
 	relay_count(c, from_client, have_tail ? tail : NULL, n);
 	relay_deliver(c, !from_client, NULL, n, in);
 }
@@ -372,8 +414,7 @@ static bool relay_go_raw(struct conn *c, bool client, struct evbuffer *leftover)
 	struct evbuffer *bout = bufferevent_get_output(*bp);
 
 	r->rev = event_new(c->px->base, fd, EV_READ | EV_PERSIST, relay_raw_read_cb, c);
-	r->wev = event_new(c->px->base, fd, EV_WRITE, relay_raw_write_cb, c);
-	if (!r->rev || !r->wev)
+	if (!r->rev)
 		return false;
 	if (evbuffer_get_length(bout) > 0) {
 		if (!(r->out = evbuffer_new()))
@@ -396,11 +437,14 @@ void relay_start(struct conn *c)
 	c->state = CONN_RELAY;
 	c->px->logins_since_trim++;
 	c->server_idle = true; /* backend.c has just passed on the server's ReadyForQuery */
+	c->server_status = 'I';
 	c->last_active = c->px->clock_s;
-	evtimer_del(c->timer);
+	/* The login's deadline is over; an idle session keeps no timer (conn_arm_timer() makes one if needed). */
+	event_free(c->timer);
+	c->timer = NULL;
 	conn_login_done(c);
 	if (!from_client || !from_server || (!c->client_tls && !relay_go_raw(c, true, from_client)) ||
-	    (!c->be_ssl && !relay_go_raw(c, false, from_server))) {
+	    (!c->be_ssl && c->rs.fd < 0 && !relay_go_raw(c, false, from_server))) {
 		conn_close(c, "out of memory");
 		goto out;
 	}
@@ -418,8 +462,8 @@ void relay_start(struct conn *c)
 		struct bufferevent *b = relay_bev_of(c, client);
 		if (r->fd >= 0) {
 			event_add(r->rev, NULL);
-			if (r->out && evbuffer_get_length(r->out) > 0)
-				event_add(r->wev, NULL);
+			if (r->out && evbuffer_get_length(r->out) > 0 && !relay_arm_write(c, client))
+				goto out;
 		} else {
 			bufferevent_setcb(b, relay_read_cb, relay_drained_cb, relay_event_cb, c);
 			bufferevent_enable(b, EV_READ | EV_WRITE);
@@ -507,6 +551,28 @@ static void relay_raw_free(struct relay_raw *r)
 		evutil_closesocket(r->fd);
 	memset(r, 0, sizeof(*r));
 	r->fd = -1;
+}
+
+void relay_release_server(struct conn *c)
+{
+	struct relay_raw *r = &c->rs;
+
+	if (r->rev)
+		event_free(r->rev);
+	if (r->wev)
+		event_free(r->wev);
+	if (r->out)
+		evbuffer_free(r->out);
+	memset(r, 0, sizeof(*r));
+	r->fd = -1;
+}
+
+bool relay_adopt_server(struct conn *c, evutil_socket_t fd)
+{
+	if (!(c->rs.rev = event_new(c->px->base, fd, EV_READ | EV_PERSIST, relay_raw_read_cb, c)))
+		return false;
+	c->rs.fd = fd;
+	return true;
 }
 
 void relay_close_server(struct conn *c)

@@ -400,9 +400,13 @@ pglane_start() {
 		echo "pglane_start: $PGLANE is not built" >&2
 		return 1
 	fi
-	# PGLANE_KERNEL_RELAY=auto|on|off: the whole suite with that kernel_relay (unless the test sets its own).
+	# PGLANE_KERNEL_RELAY=auto|on|off, PGLANE_SERVER_IDLE_TIMEOUT=N: the whole suite with that kernel_relay or
+	# server_idle_timeout (unless the test sets its own).
 	if [ -n "${PGLANE_KERNEL_RELAY:-}" ] && ! grep -q '^[[:space:]]*kernel_relay[[:space:]]*=' "$conf"; then
 		sed -i "/^\[pglane\]/a kernel_relay = $PGLANE_KERNEL_RELAY" "$conf"
+	fi
+	if [ -n "${PGLANE_SERVER_IDLE_TIMEOUT:-}" ] && ! grep -q '^[[:space:]]*server_idle_timeout[[:space:]]*=' "$conf"; then
+		sed -i "/^\[pglane\]/a server_idle_timeout = $PGLANE_SERVER_IDLE_TIMEOUT" "$conf"
 	fi
 	"$PGLANE" -c "$conf" </dev/null >>"$PGLANE_LOG" 2>&1 &
 	PGLANE_PID=$!

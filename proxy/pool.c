@@ -1,0 +1,335 @@
+/*
+ * pool: a server connection outlives its client (server_idle_timeout > 0).
+ *
+ * When a client ends its session with Terminate at a message boundary, outside a transaction, pglane keeps
+ * the server connection instead of closing it: it sends DISCARD ALL (which ends everything the session set:
+ * settings, prepared statements, temporary tables, advisory locks, LISTENs) and, once the server answers
+ * ReadyForQuery idle, parks it.  The next client that logs in to the same timeline database of the same
+ * instance, with the same startup parameters, gets it after its own SCRAM exchange with pglane: the
+ * ParameterStatus messages the server last reported, a BackendKeyData with a new key of pglane's, and
+ * ReadyForQuery.  No TCP or TLS handshake, no login to the instance, no backend process started.
+ *
+ * What keeps timelines apart: the key is the instance (the very struct of the configuration snapshot, so a
+ * reload retires every parked connection), the database name and a digest of the startup parameters; the
+ * client has proven its timeline's token before pglane looks.  A parked connection whose server speaks or
+ * closes, that waits past server_idle_timeout, or whose reset fails is closed.
+ */
+#include "proxy/proxy.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <openssl/evp.h>
+
+#define POOL_RESET_S 5 /* seconds DISCARD ALL may take */
+
+struct pooled {
+	TAILQ_ENTRY(pooled) link;
+	struct proxy *px;
+	struct snapshot *snap;            /* reference: inst points into it */
+	const struct conf_instance *inst;
+	char dbname[PG_NAMEDATALEN];
+	uint8_t params_digest[16];
+	evutil_socket_t fd;               /* plaintext: the socket (owned), else -1 */
+	struct event *rev;                /* plaintext: owned */
+	struct bufferevent *bev;          /* TLS: owned */
+	SSL *ssl;                         /* TLS: owned by bev */
+	struct evbuffer *in;              /* owned: the server's bytes while resetting */
+	struct pgbuf *params;             /* owned: ParameterStatus messages for the next client */
+	uint32_t be_pid, be_key;
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} be_addr;
+	socklen_t be_addrlen;
+	uint32_t since; /* px->clock_s when parked (or reset began) */
+	bool ready;     /* DISCARD ALL answered: a client may have it */
+};
+
+/* Frees p and whatever it still owns; p is off the list. */
+static void pool_destroy(struct pooled *p)
+{
+	if (p->rev)
+		event_free(p->rev);
+	if (p->fd >= 0)
+		evutil_closesocket(p->fd);
+	if (p->bev)
+		bufferevent_free(p->bev);
+	if (p->in)
+		evbuffer_free(p->in);
+	if (p->params) {
+		pgbuf_free(p->params);
+		free(p->params);
+	}
+	snapshot_unref(p->snap);
+	free(p);
+}
+
+static void pool_free(struct pooled *p, const char *why)
+{
+	TAILQ_REMOVE(&p->px->pool, p, link);
+	p->px->npooled--;
+	log_msg(LOG_DEBUG, "pool: server pid %u of instance %s database \"%s\" closed: %s", p->be_pid, p->inst->name,
+		p->dbname, why);
+	pool_destroy(p);
+}
+
+/* Replaces (or adds) the ParameterStatus message for its parameter in params. */
+static void pool_param_set(struct pgbuf *params, const uint8_t *msg, size_t len)
+{
+	const char *name = (const char *)msg + 5;
+	size_t namelen = strnlen(name, len - 5);
+	struct pgbuf out = {0};
+
+	for (size_t off = 0; off + 5 <= params->len;) {
+		size_t mlen = (size_t)pg_get_u32(params->data + off + 1) + 1;
+		const char *n = (const char *)params->data + off + 5;
+		if (!(mlen - 5 > namelen && memcmp(n, name, namelen) == 0 && n[namelen] == '\0'))
+			pgbuf_put(&out, params->data + off, mlen);
+		off += mlen;
+	}
+	pgbuf_put(&out, msg, len);
+	if (out.oom) {
+		pgbuf_free(&out);
+		params->oom = true;
+		return;
+	}
+	pgbuf_free(params);
+	*params = out;
+}
+
+void pool_login_begins(struct conn *c)
+{
+	EVP_MD_CTX *md;
+	uint8_t digest[EVP_MAX_MD_SIZE];
+	unsigned dlen = 0;
+
+	if (c->snap->conf->server_idle_timeout_s <= 0 || !c->lg)
+		return;
+	/* The startup parameters the server session is made of (user and database are the key's own). */
+	if (!(md = EVP_MD_CTX_new()) || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(md);
+		return;
+	}
+	for (size_t i = 0; i < c->lg->su.nparams; i++) {
+		const char *k = c->lg->su.names[i], *v = c->lg->su.values[i];
+		if (strcmp(k, "user") == 0 || strcmp(k, "database") == 0 || strncmp(k, "_pq_.", 5) == 0)
+			continue;
+		EVP_DigestUpdate(md, k, strlen(k) + 1);
+		EVP_DigestUpdate(md, v, strlen(v) + 1);
+	}
+	bool ok = EVP_DigestFinal_ex(md, digest, &dlen) == 1 && dlen >= sizeof(c->be_params_digest);
+	EVP_MD_CTX_free(md);
+	if (!ok || (!c->be_params && !(c->be_params = calloc(1, sizeof(*c->be_params)))))
+		return;
+	memcpy(c->be_params_digest, digest, sizeof(c->be_params_digest));
+}
+
+void pool_note_param(struct conn *c, const uint8_t *msg, size_t len)
+{
+	if (c->be_params && len > 5)
+		pool_param_set(c->be_params, msg, len);
+}
+
+/* The server's bytes while resetting or parked. */
+static void pool_on_bytes(struct pooled *p)
+{
+	uint8_t head[5];
+
+	for (;;) {
+		size_t have = evbuffer_get_length(p->in);
+		if (have < 5)
+			return;
+		evbuffer_copyout(p->in, head, 5);
+		size_t total = (size_t)pg_get_u32(head + 1) + 1;
+		if (total < 5 || total > 65536) {
+			pool_free(p, "malformed message during reset");
+			return;
+		}
+		if (have < total)
+			return;
+		uint8_t *msg = evbuffer_pullup(p->in, (ev_ssize_t)total);
+		if (!msg) {
+			pool_free(p, "out of memory");
+			return;
+		}
+		switch (p->ready ? 0 : msg[0]) {
+		case PG_MSG_PARAMETER_STATUS:
+			pool_param_set(p->params, msg, total);
+			break;
+		case 'C': /* CommandComplete of DISCARD ALL */
+		case 'N': /* NoticeResponse */
+		case 'A': /* NotificationResponse of a LISTEN that DISCARD ALL has just ended */
+			break;
+		case PG_MSG_READY_FOR_QUERY:
+			if (total != 6 || msg[5] != 'I' || evbuffer_get_length(p->in) != total || p->params->oom) {
+				pool_free(p, "the reset did not end idle");
+				return;
+			}
+			p->ready = true;
+			p->since = p->px->clock_s;
+			break;
+		default: /* an error, or anything at all once parked (a FATAL as the server shuts down) */
+			pool_free(p, msg[0] == PG_MSG_ERROR ? "the server sent an error" : "the server spoke while parked");
+			return;
+		}
+		evbuffer_drain(p->in, total);
+	}
+}
+
+static void pool_fd_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pooled *p = arg;
+	int n = evbuffer_read(p->in, fd, 4096);
+
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return;
+		pool_free(p, n == 0 ? "the server closed the connection" : "server connection error");
+		return;
+	}
+	pool_on_bytes(p);
+}
+
+static void pool_bev_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct pooled *p = arg;
+
+	if (evbuffer_add_buffer(p->in, bufferevent_get_input(bev)) != 0) {
+		pool_free(p, "out of memory");
+		return;
+	}
+	pool_on_bytes(p);
+}
+
+static void pool_bev_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	pool_free(arg, (what & BEV_EVENT_EOF) ? "the server closed the connection" : "server connection error");
+}
+
+bool pool_release(struct conn *c)
+{
+	static const char discard[] = "Q\0\0\0\20DISCARD ALL"; /* length 16: 4 + 11 + NUL */
+	struct proxy *px = c->px;
+	struct pooled *p;
+
+	if (!c->be_params || c->be_params->oom || c->state != CONN_RELAY || px->stopping ||
+	    c->snap != px->snap || c->server_status != 'I' || relay_pending(c, false) > 0 ||
+	    (c->rs.fd < 0 && !(c->server && c->be_ssl)))
+		return false;
+	if (!(p = calloc(1, sizeof(*p))) || !(p->in = evbuffer_new())) {
+		free(p);
+		return false;
+	}
+	/* The kernel relay lets the server's socket go: every byte the client sent has been answered. */
+	krelay_detach(c);
+	p->px = px;
+	p->snap = snapshot_ref(c->snap);
+	p->inst = c->inst;
+	memcpy(p->dbname, c->route.dbname, sizeof(p->dbname));
+	memcpy(p->params_digest, c->be_params_digest, sizeof(p->params_digest));
+	p->params = c->be_params;
+	c->be_params = NULL;
+	p->be_pid = c->be_pid;
+	p->be_key = c->be_key;
+	memcpy(&p->be_addr, &c->be_addr, sizeof(p->be_addr));
+	p->be_addrlen = c->be_addrlen;
+	p->since = px->clock_s;
+	p->fd = -1;
+	bool sent;
+	if (c->rs.fd >= 0) {
+		p->fd = c->rs.fd;
+		relay_release_server(c); /* c no longer owns the socket */
+		p->rev = event_new(px->base, p->fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p);
+		sent = p->rev && send(p->fd, discard, sizeof(discard), MSG_NOSIGNAL) == (ssize_t)sizeof(discard);
+		if (p->rev)
+			event_add(p->rev, NULL);
+	} else {
+		p->bev = c->server;
+		p->ssl = c->be_ssl;
+		c->server = NULL;
+		c->be_ssl = NULL;
+		bufferevent_setcb(p->bev, pool_bev_read_cb, NULL, pool_bev_event_cb, p);
+		bufferevent_setwatermark(p->bev, EV_WRITE, 0, 0);
+		sent = bufferevent_write(p->bev, discard, sizeof(discard)) == 0 &&
+		       bufferevent_enable(p->bev, EV_READ | EV_WRITE) == 0;
+	}
+	TAILQ_INSERT_TAIL(&px->pool, p, link);
+	px->npooled++;
+	if (!sent) {
+		log_conn(LOG_DEBUG, c, "pool: cannot send DISCARD ALL: %s", strerror(errno));
+		pool_free(p, "cannot send DISCARD ALL");
+		return true; /* the connection was taken from c all the same */
+	}
+	px->stats.pool_kept++;
+	return true;
+}
+
+bool pool_take(struct conn *c)
+{
+	struct proxy *px = c->px;
+	const struct conf_instance *in = c->route.app->instance;
+	struct pooled *p;
+
+	if (!c->be_params)
+		return false;
+	TAILQ_FOREACH(p, &px->pool, link) {
+		if (p->ready && p->inst == in && strcmp(p->dbname, c->route.dbname) == 0 &&
+		    memcmp(p->params_digest, c->be_params_digest, sizeof(p->params_digest)) == 0)
+			break;
+	}
+	if (!p || (p->fd >= 0 && !relay_adopt_server(c, p->fd)))
+		return false;
+	TAILQ_REMOVE(&px->pool, p, link);
+	px->npooled--;
+	c->inst = in;
+	c->be_pid = p->be_pid;
+	c->be_key = p->be_key;
+	memcpy(&c->be_addr, &p->be_addr, sizeof(c->be_addr));
+	c->be_addrlen = p->be_addrlen;
+	pgbuf_free(c->be_params);
+	free(c->be_params);
+	c->be_params = p->params;
+	p->params = NULL;
+	if (p->fd >= 0) {
+		event_free(p->rev);
+		p->rev = NULL;
+		p->fd = -1; /* c's now (relay_adopt_server() above) */
+	} else {
+		c->server = p->bev;
+		c->be_ssl = p->ssl;
+		p->bev = NULL;
+		bufferevent_setcb(c->server, NULL, NULL, NULL, NULL);
+		bufferevent_disable(c->server, EV_READ | EV_WRITE);
+	}
+	px->stats.pool_reused++;
+	pool_destroy(p);
+	return true;
+}
+
+void pool_sweep(struct proxy *px)
+{
+	struct pooled *p, *next;
+	int idle = px->snap->conf->server_idle_timeout_s;
+
+	for (p = TAILQ_FIRST(&px->pool); p; p = next) {
+		next = TAILQ_NEXT(p, link);
+		if (p->snap != px->snap)
+			pool_free(p, "the configuration was reloaded");
+		else if (!p->ready && px->clock_s - p->since > POOL_RESET_S)
+			pool_free(p, "DISCARD ALL took too long");
+		else if (p->ready && (idle <= 0 || px->clock_s - p->since > (uint32_t)idle))
+			pool_free(p, "server_idle_timeout");
+	}
+}
+
+void pool_free_all(struct proxy *px)
+{
+	while (!TAILQ_EMPTY(&px->pool))
+		pool_free(TAILQ_FIRST(&px->pool), "pglane stops");
+}
