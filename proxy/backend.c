@@ -73,7 +73,9 @@ static void be_resume(struct conn *c)
 		conn_fail(c, "53200", "out of memory", "out of memory");
 		return;
 	}
-	pgbuf_put(&b, c->be_params->data, c->be_params->len);
+	size_t plen;
+	const uint8_t *params = pool_params(c, &plen);
+	pgbuf_put(&b, params, plen);
 	pg_put_backend_key(&b, c->be_pid, c->cancel_key);
 	pgbuf_put(&b, ready, sizeof(ready));
 	if (b.oom || bufferevent_write(c->client, b.data, b.len) != 0) {

@@ -148,10 +148,7 @@ static void conn_free(struct conn *c)
 	conn_login_done(c);
 	snapshot_unref(c->snap);
 	OPENSSL_cleanse(c->route.token, sizeof(c->route.token));
-	if (c->be_params) {
-		pgbuf_free(c->be_params);
-		free(c->be_params);
-	}
+	pool_session_ends(c);
 	free(c);
 }
 
@@ -162,6 +159,7 @@ void conn_login_done(struct conn *c)
 	scram_server_free(c->lg->scram);
 	scram_client_free(c->lg->bscram);
 	free(c->lg->startup);
+	pgbuf_free(&c->lg->params);
 	free(c->lg);
 	c->lg = NULL;
 }

@@ -51,6 +51,67 @@ struct pooled {
 	bool ready;     /* DISCARD ALL answered: a client may have it */
 };
 
+/* ParameterStatus sets, shared: the sessions of one timeline almost always hear the same ones, and a copy
+ * per session would be a quarter of an idle session's memory. */
+struct params_blob {
+	uint32_t refs;
+	unsigned long hash;
+	size_t len;
+	uint8_t data[];
+};
+
+static unsigned long blob_hash(const void *p)
+{
+	return ((const struct params_blob *)p)->hash;
+}
+
+static int blob_cmp(const void *a, const void *b)
+{
+	const struct params_blob *x = a, *y = b;
+
+	if (x->len != y->len)
+		return x->len < y->len ? -1 : 1;
+	return memcmp(x->data, y->data, x->len);
+}
+
+/* A reference to the shared blob holding d[0..n), made if none does; NULL when out of memory. */
+static struct params_blob *blob_get(struct proxy *px, const uint8_t *d, size_t n)
+{
+	uint8_t digest[EVP_MAX_MD_SIZE];
+	unsigned dlen = 0;
+	struct params_blob *b, *found;
+
+	if (!px->params_blobs && !(px->params_blobs = OPENSSL_LH_new(blob_hash, blob_cmp)))
+		return NULL;
+	/* A keyed digest would be stronger; the values come from the server, and application_name from the
+	 * client, so a collision costs a longer bucket, never a wrong answer (blob_cmp compares the bytes). */
+	if (EVP_Digest(d, n, digest, &dlen, EVP_sha256(), NULL) != 1 || !(b = malloc(sizeof(*b) + n)))
+		return NULL;
+	memcpy(&b->hash, digest, sizeof(b->hash));
+	b->len = n;
+	b->refs = 1;
+	memcpy(b->data, d, n);
+	if ((found = OPENSSL_LH_retrieve(px->params_blobs, b))) {
+		free(b);
+		found->refs++;
+		return found;
+	}
+	OPENSSL_LH_insert(px->params_blobs, b);
+	if (OPENSSL_LH_error(px->params_blobs)) {
+		free(b);
+		return NULL;
+	}
+	return b;
+}
+
+static void blob_put(struct proxy *px, struct params_blob *b)
+{
+	if (!b || --b->refs > 0)
+		return;
+	OPENSSL_LH_delete(px->params_blobs, b);
+	free(b);
+}
+
 /* Frees p and whatever it still owns; p is off the list. */
 static void pool_destroy(struct pooled *p)
 {
@@ -125,15 +186,36 @@ void pool_login_begins(struct conn *c)
 	}
 	bool ok = EVP_DigestFinal_ex(md, digest, &dlen) == 1 && dlen >= sizeof(c->be_params_digest);
 	EVP_MD_CTX_free(md);
-	if (!ok || (!c->be_params && !(c->be_params = calloc(1, sizeof(*c->be_params)))))
+	if (!ok)
 		return;
 	memcpy(c->be_params_digest, digest, sizeof(c->be_params_digest));
+	c->pool_on = true;
 }
 
 void pool_note_param(struct conn *c, const uint8_t *msg, size_t len)
 {
-	if (c->be_params && len > 5)
-		pool_param_set(c->be_params, msg, len);
+	if (c->pool_on && c->lg && len > 5)
+		pool_param_set(&c->lg->params, msg, len);
+}
+
+void pool_session_starts(struct conn *c)
+{
+	if (!c->pool_on || c->be_params || !c->lg)
+		return;
+	if (c->lg->params.oom || !(c->be_params = blob_get(c->px, c->lg->params.data, c->lg->params.len)))
+		c->pool_on = false;
+}
+
+void pool_session_ends(struct conn *c)
+{
+	blob_put(c->px, c->be_params);
+	c->be_params = NULL;
+}
+
+const uint8_t *pool_params(const struct conn *c, size_t *len)
+{
+	*len = c->be_params ? c->be_params->len : 0;
+	return c->be_params ? c->be_params->data : NULL;
 }
 
 /* The server's bytes while resetting or parked. */
@@ -218,11 +300,21 @@ bool pool_release(struct conn *c)
 	struct proxy *px = c->px;
 	struct pooled *p;
 
-	if (!c->be_params || c->be_params->oom || c->state != CONN_RELAY || px->stopping ||
+	if (!c->be_params || c->state != CONN_RELAY || px->stopping ||
 	    c->snap != px->snap || c->server_status != 'I' || relay_pending(c, false) > 0 ||
 	    (c->rs.fd < 0 && !(c->server && c->be_ssl)))
 		return false;
-	if (!(p = calloc(1, sizeof(*p))) || !(p->in = evbuffer_new())) {
+	if (!(p = calloc(1, sizeof(*p))) || !(p->in = evbuffer_new()) || !(p->params = calloc(1, sizeof(*p->params)))) {
+		if (p && p->in)
+			evbuffer_free(p->in);
+		free(p);
+		return false;
+	}
+	pgbuf_put(p->params, c->be_params->data, c->be_params->len); /* DISCARD ALL may change some */
+	if (p->params->oom) {
+		pgbuf_free(p->params);
+		free(p->params);
+		evbuffer_free(p->in);
 		free(p);
 		return false;
 	}
@@ -233,8 +325,7 @@ bool pool_release(struct conn *c)
 	p->inst = c->inst;
 	memcpy(p->dbname, c->route.dbname, sizeof(p->dbname));
 	memcpy(p->params_digest, c->be_params_digest, sizeof(p->params_digest));
-	p->params = c->be_params;
-	c->be_params = NULL;
+	pool_session_ends(c);
 	p->be_pid = c->be_pid;
 	p->be_key = c->be_key;
 	memcpy(&p->be_addr, &c->be_addr, sizeof(p->be_addr));
@@ -276,15 +367,20 @@ bool pool_take(struct conn *c)
 	const struct conf_instance *in = c->route.app->instance;
 	struct pooled *p;
 
-	if (!c->be_params)
+	if (!c->pool_on)
 		return false;
 	TAILQ_FOREACH(p, &px->pool, link) {
 		if (p->ready && p->inst == in && strcmp(p->dbname, c->route.dbname) == 0 &&
 		    memcmp(p->params_digest, c->be_params_digest, sizeof(p->params_digest)) == 0)
 			break;
 	}
-	if (!p || (p->fd >= 0 && !relay_adopt_server(c, p->fd)))
+	if (!p)
 		return false;
+	struct params_blob *params = blob_get(px, p->params->data, p->params->len);
+	if (!params || (p->fd >= 0 && !relay_adopt_server(c, p->fd))) {
+		blob_put(px, params);
+		return false;
+	}
 	TAILQ_REMOVE(&px->pool, p, link);
 	px->npooled--;
 	c->inst = in;
@@ -292,10 +388,8 @@ bool pool_take(struct conn *c)
 	c->be_key = p->be_key;
 	memcpy(&c->be_addr, &p->be_addr, sizeof(c->be_addr));
 	c->be_addrlen = p->be_addrlen;
-	pgbuf_free(c->be_params);
-	free(c->be_params);
-	c->be_params = p->params;
-	p->params = NULL;
+	pool_session_ends(c);
+	c->be_params = params;
 	if (p->fd >= 0) {
 		event_free(p->rev);
 		p->rev = NULL;
@@ -332,4 +426,6 @@ void pool_free_all(struct proxy *px)
 {
 	while (!TAILQ_EMPTY(&px->pool))
 		pool_free(TAILQ_FIRST(&px->pool), "pglane stops");
+	OPENSSL_LH_free(px->params_blobs); /* empty: every session has gone */
+	px->params_blobs = NULL;
 }

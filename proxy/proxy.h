@@ -81,6 +81,7 @@ struct conn_login {
 	bool cleartext;             /* a cleartext password exchange instead of SCRAM */
 	bool sasl_first_done;       /* SASLInitialResponse handled; the next 'p' is the final message */
 	uint32_t deferred_since;    /* px->clock_s of the first tarpit delay */
+	struct pgbuf params;        /* the server's ParameterStatus messages so far (pool.c) */
 };
 
 /* A plaintext side during the relay: its raw socket (relay.c). */
@@ -163,8 +164,9 @@ struct conn {
 	char server_status;           /* the status byte of the server's last ReadyForQuery: 'I', 'T' or 'E' */
 
 	/* server connection pooling (pool.c), when server_idle_timeout is set */
-	struct pgbuf *be_params;      /* owned: the server's ParameterStatus messages, for the next client */
+	struct params_blob *be_params; /* reference: the server's ParameterStatus messages, for the next client */
 	uint8_t be_params_digest[16]; /* of the client's startup parameters: part of the pool's key */
+	bool pool_on;                 /* this session's server connection may be kept (server_idle_timeout) */
 
 	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
 
@@ -224,6 +226,7 @@ struct proxy {
 	struct krelay *kr;         /* owned: the kernel relay's maps and program; NULL when off */
 	struct pool_list pool;     /* server connections waiting for their next client (pool.c) */
 	size_t npooled;
+	void *params_blobs;        /* OPENSSL_LHASH of struct params_blob: sessions share identical ones */
 	struct stats stats;
 	struct inst_live *inst_live; /* owned list */
 	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
@@ -339,6 +342,9 @@ void relay_start(struct conn *c);
 void pool_login_begins(struct conn *c); /* backend_start(): the key of this login's server session */
 void pool_note_param(struct conn *c, const uint8_t *msg, size_t len); /* a ParameterStatus at login */
 bool pool_take(struct conn *c);    /* a parked server connection for c, which then goes on to relay */
+void pool_session_starts(struct conn *c); /* relay_start(), before the login's state goes */
+void pool_session_ends(struct conn *c);   /* conn_free() */
+const uint8_t *pool_params(const struct conn *c, size_t *len); /* what a resumed client is told */
 bool pool_release(struct conn *c); /* c's client ended with Terminate: true when its server was kept */
 void pool_sweep(struct proxy *px);
 void pool_free_all(struct proxy *px);

@@ -442,6 +442,7 @@ void relay_start(struct conn *c)
 	/* The login's deadline is over; an idle session keeps no timer (conn_arm_timer() makes one if needed). */
 	event_free(c->timer);
 	c->timer = NULL;
+	pool_session_starts(c);
 	conn_login_done(c);
 	if (!from_client || !from_server || (!c->client_tls && !relay_go_raw(c, true, from_client)) ||
 	    (!c->be_ssl && c->rs.fd < 0 && !relay_go_raw(c, false, from_server))) {
