@@ -14,7 +14,7 @@ set -u
 pg_start main || bail "pg_start main"
 LANE_PORT=''
 free_port_var LANE_PORT || bail "free_port"
-for db in pl-production pl-preview; do
+for db in pl-production pl-preview plt-production; do
 	pg_createdb main "$db" >/dev/null || bail "createdb $db"
 done
 
@@ -30,8 +30,16 @@ log_level = debug
 [instance main]
 url = postgresql://postgres:$PG_MAIN_PASSWORD@127.0.0.1:$PG_MAIN_PORT/postgres?sslmode=disable
 
+[instance tls]
+url = postgresql://postgres:$PG_MAIN_PASSWORD@localhost:$PG_MAIN_PORT/postgres?sslmode=verify-full
+ca_file = $TEST_CA
+
 [app pl]
 instance = main
+secret = $SECRET
+
+[app plt]
+instance = tls
 secret = $SECRET
 EOF
 	chmod 600 "$CONF"
@@ -56,6 +64,11 @@ q --production -c "SET work_mem = '77MB'" -c "PREPARE p AS SELECT 1" -c "CREATE 
 check_eq "the next client sees none of it (work_mem, prepared statement, temp table, advisory lock)" \
 	"$P1|4MB|0|0|0" \
 	"$(q --production -c "SELECT pg_backend_pid(), current_setting('work_mem'), (SELECT count(*) FROM pg_prepared_statements), (SELECT count(*) FROM pg_class WHERE relname = 'tt' AND relpersistence = 't'), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242)")"
+
+T1=$(in_env plt --production -- psql -X -At -c "SELECT pg_backend_pid()")
+in_env plt --production -- psql -X -At -c "SET work_mem = '77MB'" -c "PREPARE p AS SELECT 1" >/dev/null
+check_eq "over TLS to the instance: the next client gets the same server process, reset" "$T1|4MB|0|t" \
+	"$(in_env plt --production -- psql -X -At -c "SELECT pg_backend_pid(), current_setting('work_mem'), (SELECT count(*) FROM pg_prepared_statements), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")"
 
 P3=$(q --preview -c "SELECT pg_backend_pid()")
 check_eq "another timeline gets a server process of its own, in its own database" "pl-preview" \
