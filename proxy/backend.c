@@ -279,6 +279,23 @@ static void be_on_login_error(struct conn *c, const struct pg_msg *m)
 		code = "08001";
 	if (!msg)
 		msg = "(no message)";
+	if (strcmp(code, "53300") == 0 && !c->pool_shed) {
+		/* Kept server connections (pool.c) may be what fills the instance: close them, try once more when
+		 * their backends have had time to exit. */
+		size_t n = pool_shed(c->px, c->inst);
+		if (n > 0) {
+			c->pool_shed = true;
+			log_conn(LOG_INFO, c, "instance %s has no connection slot free: closed %zu kept server connections; "
+				 "logging in again", c->inst->name, n);
+			if (c->server)
+				bufferevent_free(c->server);
+			c->server = NULL;
+			c->be_ssl = NULL;
+			c->be_phase = BE_SHED;
+			conn_arm_timer(c, 100);
+			return;
+		}
+	}
 	if (strcmp(code, "3D000") != 0 || c->route.app->provision != PROVISION_AUTO)
 		log_conn(LOG_WARNING, c, "instance %s refused the login: %s: %s", c->inst->name, code, msg);
 	if (strncmp(code, "28", 2) == 0) {

@@ -56,6 +56,10 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 		frontend_deferred(c);
 		return;
 	}
+	if (c->state == CONN_CONNECT && c->be_phase == BE_SHED) {
+		backend_start(c);
+		return;
+	}
 	if (c->state == CONN_CONNECT && c->be_phase == BE_PROVISION) {
 		conn_fail(c, "57014", "provisioning timeout", "timed out waiting for database \"%s\" to be created",
 			  c->route.dbname);

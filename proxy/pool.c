@@ -422,6 +422,21 @@ void pool_sweep(struct proxy *px)
 	}
 }
 
+size_t pool_shed(struct proxy *px, const struct conf_instance *in)
+{
+	struct pooled *p, *next;
+	size_t n = 0;
+
+	for (p = TAILQ_FIRST(&px->pool); p; p = next) {
+		next = TAILQ_NEXT(p, link);
+		if (strcmp(p->inst->name, in->name) == 0) {
+			pool_free(p, "the instance needs the slot for another timeline");
+			n++;
+		}
+	}
+	return n;
+}
+
 void pool_free_all(struct proxy *px)
 {
 	while (!TAILQ_EMPTY(&px->pool))

@@ -68,6 +68,7 @@ enum backend_phase {
 	BE_LOGIN,      /* StartupMessage sent; authentication and parameter status */
 	BE_READY,      /* ReadyForQuery seen */
 	BE_PROVISION,  /* waiting for autoprov to create the database */
+	BE_SHED,       /* the instance had no slot free: kept connections closed, the login starts again soon */
 };
 
 /* The login's state: allocated with the connection, freed when the relay (or the admin console) starts,
@@ -167,6 +168,7 @@ struct conn {
 	struct params_blob *be_params; /* reference: the server's ParameterStatus messages, for the next client */
 	uint8_t be_params_digest[16]; /* of the client's startup parameters: part of the pool's key */
 	bool pool_on;                 /* this session's server connection may be kept (server_idle_timeout) */
+	bool pool_shed;               /* the login has already closed kept connections to free a slot once */
 
 	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
 
@@ -347,6 +349,7 @@ void pool_session_ends(struct conn *c);   /* conn_free() */
 const uint8_t *pool_params(const struct conn *c, size_t *len); /* what a resumed client is told */
 bool pool_release(struct conn *c); /* c's client ended with Terminate: true when its server was kept */
 void pool_sweep(struct proxy *px);
+size_t pool_shed(struct proxy *px, const struct conf_instance *in); /* closes in's kept connections */
 void pool_free_all(struct proxy *px);
 
 /* relay.c, for pool.c: the server's raw socket leaves c (not closed), or a parked one joins c. */

@@ -17,6 +17,13 @@ free_port_var LANE_PORT || bail "free_port"
 for db in pl-production pl-preview plt-production; do
 	pg_createdb main "$db" >/dev/null || bail "createdb $db"
 done
+# A role with two connection slots, for the instance that fills up.
+LIM_PASSWORD=$(openssl rand -hex 12)
+pg_psql main "CREATE ROLE lim LOGIN PASSWORD '$LIM_PASSWORD' CONNECTION LIMIT 2" >/dev/null || bail "create role"
+for db in la-production lb-production; do
+	pg_createdb main "$db" >/dev/null && pg_psql main "ALTER DATABASE \"$db\" OWNER TO lim" >/dev/null ||
+		bail "createdb $db"
+done
 
 CONF=$TMP/pglane.ini
 write_conf() {
@@ -33,6 +40,17 @@ url = postgresql://postgres:$PG_MAIN_PASSWORD@127.0.0.1:$PG_MAIN_PORT/postgres?s
 [instance tls]
 url = postgresql://postgres:$PG_MAIN_PASSWORD@localhost:$PG_MAIN_PORT/postgres?sslmode=verify-full
 ca_file = $TEST_CA
+
+[instance lim]
+url = postgresql://lim:$LIM_PASSWORD@127.0.0.1:$PG_MAIN_PORT/postgres?sslmode=disable
+
+[app la]
+instance = lim
+secret = $SECRET
+
+[app lb]
+instance = lim
+secret = $SECRET
 
 [app pl]
 instance = main
@@ -100,6 +118,17 @@ if lane --production -- pgbench -i -s 1 -q >"$TMP/pgbench-i.log" 2>&1; then
 else
 	fail "pgbench -i through pglane: $(tail -n 3 "$TMP/pgbench-i.log")"
 fi
+
+# The instance's role has two slots; two sessions of la leave two kept connections; lb's login then finds no
+# slot: pglane closes the kept ones and logs in again.
+for _ in 1 2; do
+	bg_start in_env la --production -- psql -X -At -c "SELECT pg_sleep(1)" >/dev/null
+done
+sleep 2
+check_eq "two kept connections of la fill lim's two slots" 2 "$(backends la-production)"
+check_eq "lb's login still succeeds: kept connections make room" lb-production \
+	"$(in_env lb --production -- psql -X -At -c "SELECT current_database()" 2>&1)"
+check "pglane says why" grep -q "no connection slot free: closed 2 kept server connections" "$PGLANE_LOG"
 
 sleep 6
 check_eq "parked server connections end after server_idle_timeout" 0 "$(backends pl-production)"
