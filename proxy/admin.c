@@ -143,6 +143,15 @@ static void show_apps(struct proxy *px, struct admin_out *o)
 	admin_complete(o, "SHOW");
 }
 
+static void show_kept_server(void *arg, const char *instance, const char *dbname, uint32_t pid, bool tls, bool ready)
+{
+	char spid[16];
+
+	snprintf(spid, sizeof(spid), "%u", pid);
+	const char *v[] = {NULL, instance, dbname, spid, tls ? "yes" : "no", ready ? "kept" : "resetting"};
+	admin_row(arg, v, NCOLS(v));
+}
+
 static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
 {
 	static const char *const ccols[] = {"id",    "peer",  "app",      "timeline",  "database",
@@ -186,6 +195,8 @@ static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
 			admin_row(o, v, NCOLS(v));
 		}
 	}
+	if (servers) /* and the server connections no client holds now (server_idle_timeout) */
+		pool_each(px, show_kept_server, o);
 	admin_complete(o, "SHOW");
 }
 

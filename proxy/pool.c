@@ -422,6 +422,14 @@ void pool_sweep(struct proxy *px)
 	}
 }
 
+void pool_each(struct proxy *px, pool_each_fn *fn, void *arg)
+{
+	struct pooled *p;
+
+	TAILQ_FOREACH(p, &px->pool, link)
+		fn(arg, p->inst->name, p->dbname, p->be_pid, p->ssl != NULL, p->ready);
+}
+
 size_t pool_shed(struct proxy *px, const struct conf_instance *in)
 {
 	struct pooled *p, *next;

@@ -350,6 +350,9 @@ const uint8_t *pool_params(const struct conn *c, size_t *len); /* what a resumed
 bool pool_release(struct conn *c); /* c's client ended with Terminate: true when its server was kept */
 void pool_sweep(struct proxy *px);
 size_t pool_shed(struct proxy *px, const struct conf_instance *in); /* closes in's kept connections */
+/* Calls fn for each kept server connection (SHOW SERVERS); ready: reset and waiting for a client. */
+typedef void pool_each_fn(void *arg, const char *instance, const char *dbname, uint32_t pid, bool tls, bool ready);
+void pool_each(struct proxy *px, pool_each_fn *fn, void *arg);
 void pool_free_all(struct proxy *px);
 
 /* relay.c, for pool.c: the server's raw socket leaves c (not closed), or a parked one joins c. */

@@ -32,6 +32,8 @@ write_conf() {
 listen = 127.0.0.1:$LANE_PORT
 server_idle_timeout = $1
 kernel_relay = auto
+admin_user = admin
+admin_password = $ADMIN_PASSWORD
 log_level = debug
 
 [instance main]
@@ -63,6 +65,7 @@ EOF
 	chmod 600 "$CONF"
 }
 SECRET=$(openssl rand -hex 24)
+ADMIN_PASSWORD=$(openssl rand -hex 12)
 write_conf 4
 pglane_start "$CONF" || bail "pglane_start"
 
@@ -76,6 +79,8 @@ P2=$(q --production -c "SELECT pg_backend_pid()")
 check "a second client of the timeline gets the first one's server process ($P1, $P2)" [ -n "$P1" -a "$P1" = "$P2" ]
 check "pglane logs the reuse" grep -q "kept from an earlier client" "$PGLANE_LOG"
 check_eq "one server process for the two clients" 1 "$(backends pl-production)"
+check_match "SHOW SERVERS lists the kept connection" "^\|main\|pl-production\|$P1\|no\|kept$" \
+	"$(PGPASSWORD=$ADMIN_PASSWORD psql -X -At -h 127.0.0.1 -p "$LANE_PORT" -U admin -d pglane -c "SHOW SERVERS" 2>&1)"
 
 q --production -c "SET work_mem = '77MB'" -c "PREPARE p AS SELECT 1" -c "CREATE TEMP TABLE tt (i int)" \
 	-c "SELECT pg_advisory_lock(4242)" -c "LISTEN chan" >/dev/null
