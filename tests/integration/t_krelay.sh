@@ -101,6 +101,68 @@ sleep 3
 check "the stalled client is cut after client_write_timeout" \
 	grep -q "client took nothing for client_write_timeout" "$PGLANE_LOG"
 
+# A hostile client that asks for 2 GB, produced at about 20 MB/s, reads nothing, and sends a byte every
+# millisecond, so that the server never has 256 kB in one turn: the kernel's credit still stops the relay at
+# 4 MB beyond what the client took, and the server waits on ClientWrite (without the credit the kernel
+# would hold all of it and the server would never wait).
+cat >"$TMP/trickle.py" <<'PY'
+import base64, hashlib, hmac, os, socket, struct, sys, time
+host, port, user, db, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+s = socket.create_connection((host, port))
+def recvn(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError
+        b += c
+    return b
+def read():
+    h = recvn(5)
+    return h[:1], recvn(struct.unpack("!i", h[1:])[0] - 4)
+def msg(t, body):
+    return t + struct.pack("!i", len(body) + 4) + body
+params = b"user\0" + user.encode() + b"\0database\0" + db.encode() + b"\0\0"
+s.sendall(struct.pack("!ii", len(params) + 8, 196608) + params)
+read()
+bare = "n=,r=" + base64.b64encode(os.urandom(18)).decode()
+first = ("n,," + bare).encode()
+s.sendall(msg(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
+sfirst = read()[1][4:].decode()
+a = dict(kv.split("=", 1) for kv in sfirst.split(","))
+salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(a["s"]), int(a["i"]))
+ckey = hmac.new(salted, b"Client Key", "sha256").digest()
+wo = "c=biws,r=" + a["r"]
+sig = hmac.new(hashlib.sha256(ckey).digest(), (bare + "," + sfirst + "," + wo).encode(), "sha256").digest()
+s.sendall(msg(b"p", (wo + ",p=" + base64.b64encode(bytes(x ^ y for x, y in zip(ckey, sig))).decode()).encode()))
+while read()[0] != b"Z":
+    pass
+q = b"COPY (SELECT repeat('x', 20000), pg_sleep(0.001) FROM generate_series(1, 100000)) TO STDOUT\0"
+s.sendall(msg(b"Q", q))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # every byte its own segment
+s.sendall(b"Q" + struct.pack("!i", 1 << 30))  # a message that never ends, sent a byte at a time
+print("READY", flush=True)
+end = time.time() + 8
+try:
+    while time.time() < end:
+        s.send(b"x")
+        time.sleep(0.001)
+    print("SURVIVED", flush=True)
+except OSError:
+    print("CUT", flush=True)
+PY
+PW=$(env_var kr --production PGPASSWORD)
+MEM0=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
+bg_start python3 "$TMP/trickle.py" 127.0.0.1 "$LANE_PORT" kr-production kr-production "$PW" >"$TMP/trickle.out" 2>&1
+sleep 2.5
+MEM1=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
+check_match "the trickling client logged in and asked for its 2 GB" READY "$(cat "$TMP/trickle.out")"
+check_eq "the server of the trickling client waits on ClientWrite (the kernel took no more)" ClientWrite \
+	"$(direct -c "SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT repeat(''x'', 20000)%' AND pid <> pg_backend_pid()")"
+check "the machine's available memory stays while it trickles (${MEM0} -> ${MEM1} kB)" [ $((MEM0 - MEM1)) -lt 262144 ]
+sleep 6.5
+check_match "the trickling client is cut (client_write_timeout), not served forever" CUT "$(cat "$TMP/trickle.out")"
+
 # An idle session relayed by the kernel gets 57P01 when pglane stops (after shutdown_timeout).
 bg_start in_env kr --production -- psql -X -At -c "SELECT 1" -c "\\! sleep 3" -c "SELECT 2" >"$TMP/idle.out" 2>&1
 sleep 1.5
