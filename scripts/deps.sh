@@ -10,7 +10,7 @@ set -u
 PACKAGES=(
 	build-essential pkg-config libevent-dev libssl-dev libpq-dev libinih-dev libcmocka-dev
 	postgresql-15 postgresql-client-15 postgresql-server-dev-15 openssl pgbouncer ca-certificates valgrind
-	clang-14 libclang-rt-14-dev
+	clang-14 libclang-rt-14-dev python3
 )
 
 missing=()

@@ -82,6 +82,8 @@ static void test_all_keys(void **state)
 	                           "max_clients = 500\n"
 	                           "max_packet_size = 16384\n"
 	                           "workers = 4\n"
+	                           "kernel_relay = auto\n"
+	                           "server_idle_timeout = 0\n"
 	                           "tls_mode = require\n"
 	                           "tls_cert = server.crt\n"
 	                           "tls_key = server.key\n"
@@ -150,6 +152,8 @@ static void test_all_keys(void **state)
 	assert_int_equal(c->max_clients, 500);
 	assert_int_equal(c->max_packet_size, 16384);
 	assert_int_equal(c->workers, 4);
+	assert_int_equal(c->kernel_relay, KERNEL_RELAY_AUTO);
+	assert_int_equal(c->server_idle_timeout_s, 0);
 	assert_int_equal(c->tls_mode, TLS_MODE_REQUIRE);
 	assert_string_equal(c->tls_cert, path_in_dir("server.crt"));
 	assert_string_equal(c->tls_key, path_in_dir("server.key"));
@@ -168,7 +172,7 @@ static void test_all_keys(void **state)
 	assert_int_equal(c->ninstances, 3);
 	in = conf_instance_find(c, "main");
 	assert_non_null(in);
-	assert_int_equal(in->line, 27);
+	assert_int_equal(in->line, 29);
 	assert_string_equal(in->host, "db1.internal");
 	assert_int_equal(in->port, 5433);
 	assert_string_equal(in->user, "pglane");
@@ -192,7 +196,7 @@ static void test_all_keys(void **state)
 	assert_int_equal(c->napps, 2);
 	app = conf_app_find(c, "myapp");
 	assert_non_null(app);
-	assert_int_equal(app->line, 46);
+	assert_int_equal(app->line, 48);
 	assert_string_equal(app->instance_name, "main");
 	assert_ptr_equal(app->instance, conf_instance_find(c, "main"));
 	assert_string_equal(app->secret, "s3cret-s3cret-s3cret");
@@ -226,6 +230,8 @@ static void test_defaults(void **state)
 	assert_int_equal(c->max_clients, 10000);
 	assert_int_equal(c->max_packet_size, 65536);
 	assert_int_equal(c->workers, 0);
+	assert_int_equal(c->kernel_relay, KERNEL_RELAY_OFF);
+	assert_int_equal(c->server_idle_timeout_s, 60);
 	assert_int_equal(c->tls_mode, TLS_MODE_DISABLE);
 	assert_string_equal(c->tls_min_version, "TLSv1.2");
 	assert_false(c->allow_cleartext);
@@ -379,6 +385,9 @@ static void test_bad_files(void **state)
 	    {"[pglane]\ntls_key = server.key\n", 2, "tls_key needs tls_cert"},
 	    {"[pglane]\ntls_mode = require\n", 2, "tls_mode = require needs tls_cert"},
 	    {"[pglane]\ntls_mode = sometimes\n", 2, "disable, allow or require"},
+	    {"[pglane]\nkernel_relay = fast\n", 2, "off, auto or on"},
+	    {"[pglane]\nserver_idle_timeout = -1\n", 2, "server_idle_timeout"},
+	    {"[pglane]\nserver_idle_timeout = 1e9\n", 2, "server_idle_timeout"},
 	    {"[pglane]\ntls_cert = missing.crt\ntls_key = server.key\n", 2, "No such file"},
 	    {"[pglane]\ntls_min_version = TLSv1.1\n", 2, "TLSv1.2 or TLSv1.3"},
 	    {"[pglane]\nclient_crl = crl.pem\n", 2, "needs client_ca"},
