@@ -445,17 +445,6 @@ void krelay_detach(struct conn *c)
 	c->kr.pair = -1;
 }
 
-/* Whether the 6 bytes of a tail (first byte lowest) are a ReadyForQuery. */
-static bool kr_tail_ready(uint64_t t)
-{
-	uint8_t b[6];
-
-	for (int i = 0; i < 6; i++)
-		b[i] = (uint8_t)(t >> (8 * i));
-	return b[0] == PG_MSG_READY_FOR_QUERY && b[1] == 0 && b[2] == 0 && b[3] == 0 && b[4] == 5 &&
-	       (b[5] == 'I' || b[5] == 'T' || b[5] == 'E');
-}
-
 void krelay_refresh(struct conn *c)
 {
 	struct krelay *kr = c->px->kr;
@@ -474,8 +463,11 @@ void krelay_refresh(struct conn *c)
 	c->kr.seen[1] = out;
 	c->last_active = c->px->clock_s;
 	if (ns_out != c->kr.ns[1]) { /* the server spoke: a boundary if it ended with ReadyForQuery */
-		c->server_idle = kr_tail_ready(tail);
-		c->server_status = c->server_idle ? (char)(tail >> 40) : 0;
+		uint8_t t[6]; /* the program stored them first byte lowest */
+		for (int i = 0; i < 6; i++)
+			t[i] = (uint8_t)(tail >> (8 * i));
+		c->server_idle = relay_is_ready_tail(t);
+		c->server_status = c->server_idle ? (char)t[5] : 0;
 	}
 	if (ns_in > ns_out)        /* the client spoke after the server's last bytes */
 		c->client_waiting = true;

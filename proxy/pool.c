@@ -25,7 +25,8 @@
 #include <event2/buffer.h>
 #include <openssl/evp.h>
 
-#define POOL_RESET_S 5 /* seconds DISCARD ALL may take */
+#define POOL_RESET_S 5       /* seconds DISCARD ALL may take */
+#define POOL_MSG_MAX 65536   /* the largest message expected during a reset (a ParameterStatus, a notice) */
 
 struct pooled {
 	TAILQ_ENTRY(pooled) link;
@@ -222,17 +223,19 @@ const uint8_t *pool_params(const struct conn *c, size_t *len)
 static void pool_on_bytes(struct pooled *p)
 {
 	uint8_t head[5];
+	struct pg_msg m;
+	char err[128];
 
 	for (;;) {
 		size_t have = evbuffer_get_length(p->in);
 		if (have < 5)
 			return;
 		evbuffer_copyout(p->in, head, 5);
-		size_t total = (size_t)pg_get_u32(head + 1) + 1;
-		if (total < 5 || total > 65536) {
+		if (pg_read_msg(head, 5, POOL_MSG_MAX, &m, err, sizeof(err)) == PG_BAD) {
 			pool_free(p, "malformed message during reset");
 			return;
 		}
+		size_t total = (size_t)pg_get_u32(head + 1) + 1;
 		if (have < total)
 			return;
 		uint8_t *msg = evbuffer_pullup(p->in, (ev_ssize_t)total);
@@ -304,18 +307,13 @@ bool pool_release(struct conn *c)
 	    c->snap != px->snap || c->server_status != 'I' || relay_pending(c, false) > 0 ||
 	    (c->rs.fd < 0 && !(c->server && c->be_ssl)))
 		return false;
-	if (!(p = calloc(1, sizeof(*p))) || !(p->in = evbuffer_new()) || !(p->params = calloc(1, sizeof(*p->params)))) {
-		if (p && p->in)
-			evbuffer_free(p->in);
-		free(p);
+	if (!(p = calloc(1, sizeof(*p))))
 		return false;
-	}
-	pgbuf_put(p->params, c->be_params->data, c->be_params->len); /* DISCARD ALL may change some */
-	if (p->params->oom) {
-		pgbuf_free(p->params);
-		free(p->params);
-		evbuffer_free(p->in);
-		free(p);
+	p->fd = -1;
+	if ((p->in = evbuffer_new()) && (p->params = calloc(1, sizeof(*p->params))))
+		pgbuf_put(p->params, c->be_params->data, c->be_params->len); /* DISCARD ALL may change some */
+	if (!p->in || !p->params || p->params->oom) {
+		pool_destroy(p); /* holds nothing of c's yet */
 		return false;
 	}
 	/* The kernel relay lets the server's socket go: every byte the client sent has been answered. */
@@ -331,7 +329,6 @@ bool pool_release(struct conn *c)
 	memcpy(&p->be_addr, &c->be_addr, sizeof(p->be_addr));
 	p->be_addrlen = c->be_addrlen;
 	p->since = px->clock_s;
-	p->fd = -1;
 	bool sent;
 	if (c->rs.fd >= 0) {
 		p->fd = c->rs.fd;

@@ -370,6 +370,8 @@ int krelay_may_write(struct conn *c, bool to_client); /* KR_WRITE, or KR_WAIT: t
 void krelay_wrote(struct conn *c, bool to_client, size_t n);
 /* What the client (client = true) or the server has yet to be sent. */
 size_t relay_pending(struct conn *c, bool client);
+/* Whether 6 bytes are a ReadyForQuery: where a server's output stands at a message boundary. */
+bool relay_is_ready_tail(const uint8_t t[6]);
 /* Bytes for side client still wait in pglane or in the kernel relay (whose drain it then waits for). */
 bool relay_unflushed(struct conn *c, bool client);
 /* Queues bytes to a raw client; false (c closed) on failure. */

@@ -69,7 +69,7 @@ static void relay_reading(struct conn *c, bool client, bool on)
 /* Whether what the server sent ends in a ReadyForQuery ('Z', length 5, status): the stream to the client
  * then stands at a message boundary, where pglane may speak to the client itself (shutdown's 57P01), even
  * while the client waits for the answer to a query it has sent since. */
-static bool relay_is_ready_tail(const uint8_t t[6])
+bool relay_is_ready_tail(const uint8_t t[6])
 {
 	return t[0] == PG_MSG_READY_FOR_QUERY && t[1] == 0 && t[2] == 0 && t[3] == 0 && t[4] == 5 &&
 	       (t[5] == 'I' || t[5] == 'T' || t[5] == 'E');
@@ -540,7 +540,8 @@ void relay_stop(struct conn *c, bool keep_client_writes)
 	}
 }
 
-static void relay_raw_free(struct relay_raw *r)
+/* Frees a raw side's events and buffer; its socket too unless keep_fd (the pool takes it). */
+static void relay_raw_free(struct relay_raw *r, bool keep_fd)
 {
 	if (r->rev)
 		event_free(r->rev);
@@ -548,7 +549,7 @@ static void relay_raw_free(struct relay_raw *r)
 		event_free(r->wev);
 	if (r->out)
 		evbuffer_free(r->out);
-	if (r->fd >= 0)
+	if (r->fd >= 0 && !keep_fd)
 		evutil_closesocket(r->fd);
 	memset(r, 0, sizeof(*r));
 	r->fd = -1;
@@ -556,16 +557,7 @@ static void relay_raw_free(struct relay_raw *r)
 
 void relay_release_server(struct conn *c)
 {
-	struct relay_raw *r = &c->rs;
-
-	if (r->rev)
-		event_free(r->rev);
-	if (r->wev)
-		event_free(r->wev);
-	if (r->out)
-		evbuffer_free(r->out);
-	memset(r, 0, sizeof(*r));
-	r->fd = -1;
+	relay_raw_free(&c->rs, true);
 }
 
 bool relay_adopt_server(struct conn *c, evutil_socket_t fd)
@@ -579,7 +571,7 @@ bool relay_adopt_server(struct conn *c, evutil_socket_t fd)
 void relay_close_server(struct conn *c)
 {
 	krelay_detach(c);
-	relay_raw_free(&c->rs);
+	relay_raw_free(&c->rs, false);
 }
 
 void relay_free(struct conn *c)
@@ -588,6 +580,6 @@ void relay_free(struct conn *c)
 	if (c->kr.timer)
 		event_free(c->kr.timer);
 	c->kr.timer = NULL;
-	relay_raw_free(&c->rc);
-	relay_raw_free(&c->rs);
+	relay_raw_free(&c->rc, false);
+	relay_raw_free(&c->rs, false);
 }
