@@ -63,6 +63,8 @@ enum pglane_key {
 	GK_CLIENT_WRITE_TIMEOUT,
 	GK_KERNEL_RELAY,
 	GK_SERVER_IDLE_TIMEOUT,
+	GK_POOL_MODE,
+	GK_POOL_SIZE,
 	GK_N
 };
 static const char *const pglane_keys[GK_N + 1] = {
@@ -72,7 +74,8 @@ static const char *const pglane_keys[GK_N + 1] = {
     "tls_min_version", "client_ca",        "client_ca_key",  "client_crl",
     "allow_cleartext", "admin_user",       "admin_password", "http_listen",
     "log_format",      "log_level",        "log_file",       "client_idle_timeout",
-    "client_write_timeout", "kernel_relay",     "server_idle_timeout", NULL};
+    "client_write_timeout", "kernel_relay",     "server_idle_timeout",
+    "pool_mode",       "pool_size",        NULL};
 
 enum instance_key {
 	IK_URL,
@@ -107,11 +110,13 @@ enum app_key {
 	AK_TEMPLATE,
 	AK_MIGRATE,
 	AK_MAX_CLIENTS,
+	AK_POOL_MODE,
 	AK_N
 };
 static const char *const app_keys[AK_N + 1] = {"instance",  "secret",      "production_branch",
                                                "provision", "owner",       "template",
-                                               "migrate",   "max_clients", NULL};
+                                               "migrate",   "max_clients", "pool_mode",
+                                               NULL};
 
 static const char *const sslmode_names[] = {"disable",   "allow",       "prefer", "require",
                                             "verify-ca", "verify-full", NULL};
@@ -122,6 +127,7 @@ static const char *const provision_names[] = {"auto", "manual", NULL};
 static const char *const log_format_names[] = {"text", "json", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error", NULL};
 static const char *const kernel_relay_names[] = {"off", "auto", "on", NULL};
+static const char *const pool_mode_names[] = {"session", "transaction", NULL};
 static const char *const bool_names[] = {"false", "true", "no", "yes", "off", "on", "0", "1", NULL};
 
 /* Lines of text appended to a caller's buffer: whole lines only, except that the first is cut to fit. */
@@ -446,6 +452,11 @@ static void finish_pglane(struct parser *p)
 	take_int(p, GK_WORKERS, 0, 1024, &c->workers);
 	if ((mode = take_choice(p, GK_KERNEL_RELAY, kernel_relay_names)) >= 0)
 		c->kernel_relay = (enum kernel_relay)mode;
+	if ((mode = take_choice(p, GK_POOL_MODE, pool_mode_names)) >= 0) {
+		c->pool_mode = (enum pool_mode)mode;
+		c->pool_mode_line = line[GK_POOL_MODE];
+	}
+	take_int(p, GK_POOL_SIZE, 1, 100000, &c->pool_size);
 	take_path(p, GK_TLS_CERT, true, &c->tls_cert);
 	take_path(p, GK_TLS_KEY, true, &c->tls_key);
 	take_path(p, GK_CLIENT_CA, true, &c->client_ca);
@@ -616,6 +627,10 @@ static void finish_app(struct parser *p)
 	take_string(p, AK_TEMPLATE, &app->template_db);
 	take_string(p, AK_MIGRATE, &app->migrate);
 	take_int(p, AK_MAX_CLIENTS, 0, 1000000, &app->max_clients);
+	if ((i = take_choice(p, AK_POOL_MODE, pool_mode_names)) >= 0) {
+		app->pool_mode = (enum pool_mode)i;
+		app->pool_mode_line = p->val_line[AK_POOL_MODE];
+	}
 }
 
 /* Converts the section just read and forgets its raw values. */
@@ -823,6 +838,7 @@ static void conf_finish(struct parser *p)
 {
 	struct conf *c = p->c;
 	struct conf_listen *l;
+	bool told_global = false;
 
 	if (c->nlisten == 0 && (l = conf_grow(p, c->listen, 0, sizeof(*l)))) {
 		c->listen = l;
@@ -839,6 +855,16 @@ static void conf_finish(struct parser *p)
 	for (size_t i = 0; i < c->napps; i++) {
 		struct conf_app *app = &c->apps[i];
 
+		if (!app->pool_mode_line)
+			app->pool_mode = c->pool_mode;
+		/* A transaction-mode session leaves its server connection idle after each transaction: it must
+		 * be allowed to wait for the next. */
+		if (app->pool_mode == POOL_MODE_TRANSACTION && c->server_idle_timeout_s == 0 &&
+		    (app->pool_mode_line || !told_global)) {
+			told_global |= !app->pool_mode_line;
+			conf_error(p, app->pool_mode_line ? app->pool_mode_line : c->pool_mode_line,
+			           "pool_mode = transaction needs server_idle_timeout above 0 (it is 0)");
+		}
 		if (!app->instance_name)
 			continue;
 		app->instance = (struct conf_instance *)conf_instance_find(c, app->instance_name);
@@ -877,6 +903,7 @@ struct conf *conf_load_string(const char *text, const char *name, const char *ba
 	c->shutdown_timeout_ms = 30000;
 	c->client_write_timeout_s = 60;
 	c->server_idle_timeout_s = 60;
+	c->pool_size = 20;
 	c->max_clients = 10000;
 	c->max_packet_size = 65536;
 	if (strncmp(p.pos, "\xEF\xBB\xBF", 3) == 0)

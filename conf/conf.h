@@ -31,6 +31,9 @@ enum provision_mode { PROVISION_AUTO, PROVISION_MANUAL };
 enum tls_mode { TLS_MODE_DISABLE, TLS_MODE_ALLOW, TLS_MODE_REQUIRE };
 /* kernel_relay: off (default), auto (when the kernel and privileges allow), on (refuse to start without it) */
 enum kernel_relay { KERNEL_RELAY_OFF, KERNEL_RELAY_AUTO, KERNEL_RELAY_ON };
+/* pool_mode: a session holds its server connection from login to the end (session, default), or only from
+ * a transaction's first message to its end (transaction; proxy/pool.c) */
+enum pool_mode { POOL_MODE_SESSION, POOL_MODE_TRANSACTION };
 
 struct conf_listen {
 	char *host; /* owned; numeric address or name, "::1" without brackets */
@@ -65,6 +68,8 @@ struct conf_app {
 	char *template_db;                /* owned, may be NULL: template = NAME */
 	char *migrate;                    /* owned, may be NULL: migrate = COMMAND */
 	int max_clients;                  /* 0 = no per-app limit */
+	enum pool_mode pool_mode;         /* [pglane]'s unless the app sets its own */
+	int pool_mode_line;               /* line of the app's pool_mode, or 0 */
 };
 
 struct conf {
@@ -84,6 +89,9 @@ struct conf {
 	int max_packet_size;    /* bytes, default 65536 for startup-phase messages */
 	int workers;            /* 0 = number of cores */
 	enum kernel_relay kernel_relay; /* relay plaintext sessions inside the kernel (proxy/krelay.c); off */
+	enum pool_mode pool_mode; /* apps' default, session */
+	int pool_mode_line;       /* line of [pglane]'s pool_mode, or 0 */
+	int pool_size;            /* transaction mode: server connections per timeline database at most; 20 */
 
 	/* client-side TLS (issue 3) */
 	enum tls_mode tls_mode; /* default: allow when tls_cert is set, else disable */

@@ -63,7 +63,8 @@ static void be_send_startup(struct conn *c)
 }
 
 /* A parked server connection (pool.c) stands in for a login: the client hears what the server's login
- * would have told it, with a new cancel key of pglane's, and the relay starts. */
+ * would have told it, with a new cancel key of pglane's, and the relay starts.  In transaction mode the
+ * group's parameters do, and no server connection is the session's until its first transaction. */
 static void be_resume(struct conn *c)
 {
 	struct pgbuf b = {0};
@@ -73,10 +74,12 @@ static void be_resume(struct conn *c)
 		conn_fail(c, "53200", "out of memory", "out of memory");
 		return;
 	}
+	if (!c->client_pid)
+		c->client_pid = c->be_pid;
 	size_t plen;
 	const uint8_t *params = pool_params(c, &plen);
 	pgbuf_put(&b, params, plen);
-	pg_put_backend_key(&b, c->be_pid, c->cancel_key);
+	pg_put_backend_key(&b, c->client_pid, c->cancel_key);
 	pgbuf_put(&b, ready, sizeof(ready));
 	if (b.oom || bufferevent_write(c->client, b.data, b.len) != 0) {
 		pgbuf_free(&b);
@@ -86,32 +89,50 @@ static void be_resume(struct conn *c)
 	pgbuf_free(&b);
 	c->be_phase = BE_READY;
 	c->px->stats.routed++;
-	log_conn(LOG_INFO, c, "routed to %s database \"%s\" (server pid %u, kept from an earlier client)",
-		 c->inst->name, c->route.dbname, c->be_pid);
+	if (c->txn)
+		log_conn(LOG_INFO, c, "routed to %s database \"%s\" (transaction pooling)", c->inst->name,
+			 c->route.dbname);
+	else
+		log_conn(LOG_INFO, c, "routed to %s database \"%s\" (server pid %u, kept from an earlier client)",
+			 c->inst->name, c->route.dbname, c->be_pid);
 	relay_start(c);
 }
 
 void backend_start(struct conn *c)
 {
-	const struct conf_instance *in = c->route.app->instance;
-	char port[16];
-
 	c->state = CONN_CONNECT;
-	c->inst = in;
+	c->inst = c->route.app->instance;
+	bufferevent_disable(c->client, EV_READ);
 	pool_login_begins(c);
-	if (pool_take(c)) {
-		bufferevent_disable(c->client, EV_READ);
+	if (c->txn) {
+		switch (pool_txn_login(c)) {
+		case POOL_LOGIN_DETACHED:
+			be_resume(c);
+			return;
+		case POOL_LOGIN_WAIT:
+			c->be_phase = BE_RESOLVING;
+			conn_arm_timer(c, c->snap->conf->connect_timeout_ms);
+			return;
+		case POOL_LOGIN_CONNECT:
+			break;
+		}
+	} else if (pool_take(c)) {
 		be_resume(c);
 		return;
 	}
-	scram_client_free(c->lg->bscram); /* a retry after autoprov starts a new exchange */
-	c->lg->bscram = NULL;
 	if (!c->provisioned)
 		clock_gettime(CLOCK_MONOTONIC, &c->be_started);
+	backend_connect(c);
+}
+
+void backend_connect(struct conn *c)
+{
+	const struct conf_instance *in = c->inst;
+
+	scram_client_free(c->lg->bscram); /* a retry after autoprov starts a new exchange */
+	c->lg->bscram = NULL;
 	c->be_phase = BE_RESOLVING;
-	bufferevent_disable(c->client, EV_READ);
 	conn_arm_timer(c, c->snap->conf->connect_timeout_ms);
-	snprintf(port, sizeof(port), "%d", in->port);
 	c->server = bufferevent_socket_new(c->px->base, -1, BEV_OPT_CLOSE_ON_FREE);
 	if (!c->server) {
 		conn_fail(c, "53200", "out of memory", "out of memory");
@@ -350,17 +371,21 @@ static void be_on_login(struct conn *c, struct evbuffer *in)
 			}
 			c->be_pid = pg_get_u32(m.body);
 			c->be_key = pg_get_u32(m.body + 4);
+			if (c->reopen) /* the client has its key from its own login */
+				break;
+			c->client_pid = c->be_pid;
 			if (!cancel_map_add(c->px, c)) {
 				conn_fail(c, "53200", "out of memory", "out of memory");
 				return;
 			}
-			pg_put_backend_key(&b, c->be_pid, c->cancel_key);
+			pg_put_backend_key(&b, c->client_pid, c->cancel_key);
 			if (!conn_send(c, &b))
 				return;
 			break;
 		}
 		case PG_MSG_READY_FOR_QUERY:
-			bufferevent_write(c->client, p, total);
+			if (!c->reopen)
+				bufferevent_write(c->client, p, total);
 			evbuffer_drain(in, total);
 			c->be_phase = BE_READY;
 			c->px->stats.routed++;
@@ -369,6 +394,13 @@ static void be_on_login(struct conn *c, struct evbuffer *in)
 				l->seen = l->reachable = true;
 				l->error[0] = '\0';
 				snprintf(l->tls, sizeof(l->tls), "%s", c->be_ssl ? SSL_get_version(c->be_ssl) : "");
+			}
+			if (c->reopen) {
+				c->reopen = false;
+				log_conn(LOG_DEBUG, c, "transaction pooling: new server connection (pid %u)", c->be_pid);
+				conn_login_done(c);
+				relay_txn_resume(c);
+				return;
 			}
 			stats_observe_connect(c->px, &c->be_started);
 			log_conn(LOG_INFO, c, "routed to %s database \"%s\" (server pid %u)", c->inst->name,
@@ -383,6 +415,8 @@ static void be_on_login(struct conn *c, struct evbuffer *in)
 				if (live && memchr(v, '\0', m.body_len - 15))
 					snprintf(live->server_version, sizeof(live->server_version), "%s", v);
 			}
+			if (c->reopen) /* the client heard its parameters at login */
+				break;
 			if (m.type == PG_MSG_PARAMETER_STATUS)
 				pool_note_param(c, p, total);
 			bufferevent_write(c->client, p, total);

@@ -57,7 +57,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (c->state == CONN_CONNECT && c->be_phase == BE_SHED) {
-		backend_start(c);
+		c->reopen ? backend_connect(c) : backend_start(c);
 		return;
 	}
 	if (c->state == CONN_CONNECT && c->be_phase == BE_PROVISION) {
@@ -147,6 +147,8 @@ static void conn_free(struct conn *c)
 	if (c->server)
 		bufferevent_free(c->server);
 	relay_free(c);
+	if (c->held)
+		evbuffer_free(c->held);
 	if (c->timer)
 		event_free(c->timer);
 	conn_login_done(c);
@@ -199,6 +201,7 @@ void conn_close(struct conn *c, const char *reason)
 	c->state = CONN_CLOSED;
 	cancel_map_remove(c->px, c);
 	autoprov_forget(c);
+	pool_conn_gone(c);
 	if (c->client)
 		bufferevent_disable(c->client, EV_READ | EV_WRITE);
 	if (c->server)

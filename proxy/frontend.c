@@ -373,7 +373,8 @@ static void fe_on_cancel(struct conn *c)
 
 	c->px->stats.cancel_requests++;
 	/* As PostgreSQL: an unknown key is dropped without a word, so keys cannot be probed. */
-	if (t && t->be_pid == c->lg->su.cancel_pid && t->state == CONN_RELAY) {
+	/* In transaction mode the session may hold no server connection: then nothing runs to cancel. */
+	if (t && t->client_pid == c->lg->su.cancel_pid && t->state == CONN_RELAY && t->be_pid != 0) {
 		log_conn(LOG_INFO, t, "cancel request from %s", c->peer);
 		c->px->stats.cancels_forwarded++;
 		backend_forward_cancel(c->px, t);

@@ -30,6 +30,8 @@
 
 struct pooled {
 	TAILQ_ENTRY(pooled) link;
+	TAILQ_ENTRY(pooled) glink;        /* g->idle */
+	struct pgroup *g;                 /* reference: transaction pooling's group, or NULL (session mode) */
 	struct proxy *px;
 	struct snapshot *snap;            /* reference: inst points into it */
 	const struct conf_instance *inst;
@@ -52,8 +54,35 @@ struct pooled {
 	bool ready;     /* DISCARD ALL answered: a client may have it */
 };
 
+/*
+ * Transaction pooling (pool_mode = transaction): the sessions with one key (instance, database, startup
+ * parameters) share at most pool_size server connections.  A session takes one when its client begins a
+ * transaction and gives it back at the ReadyForQuery that ends it (relay.c frames both directions to know);
+ * in between, the connection waits on idle.  A session logs in without one once the group has heard a
+ * server's ParameterStatus messages: so ten thousand idle clients cost no server connection at all.
+ */
+struct pgroup {
+	unsigned long hash;
+	struct proxy *px;
+	struct snapshot *snap; /* reference: inst points into it */
+	const struct conf_instance *inst;
+	char dbname[PG_NAMEDATALEN];
+	uint8_t digest[16];
+	unsigned refs;             /* sessions of the group, parked connections, a kick under way */
+	unsigned nsessions;        /* sessions of the group */
+	unsigned nserver;          /* server connections: a session's, parked, or logging in */
+	struct pool_list idle;     /* parked, newest first */
+	struct conn_list waiters;  /* sessions waiting for a server connection, or for the group's first login */
+	struct params_blob *params; /* reference: what the group's sessions are told at login */
+	uint8_t *startup;          /* owned: a StartupMessage of the group's, to open server connections with */
+	size_t startup_len;
+	bool kicking;
+};
+
 /* ParameterStatus sets, shared: the sessions of one timeline almost always hear the same ones, and a copy
  * per session would be a quarter of an idle session's memory. */
+static void pool_txn_join(struct conn *c);
+
 struct params_blob {
 	uint32_t refs;
 	unsigned long hash;
@@ -132,13 +161,29 @@ static void pool_destroy(struct pooled *p)
 	free(p);
 }
 
+static void pgroup_put(struct pgroup *g);
+static void pgroup_kick(struct pgroup *g);
+
 static void pool_free(struct pooled *p, const char *why)
 {
+	struct pgroup *g = p->g;
+
 	TAILQ_REMOVE(&p->px->pool, p, link);
 	p->px->npooled--;
+	if (g) {
+		TAILQ_REMOVE(&g->idle, p, glink);
+		g->nserver--;
+	}
 	log_msg(LOG_DEBUG, "pool: server pid %u of instance %s database \"%s\" closed: %s", p->be_pid, p->inst->name,
 		p->dbname, why);
 	pool_destroy(p);
+	if (g) {
+		/* A slot is free: a session waiting may open a connection.  Only once nothing else is parked, so
+		 * that a kick never takes an entry of px->pool that pool_sweep() is walking. */
+		if (TAILQ_EMPTY(&g->idle))
+			pgroup_kick(g);
+		pgroup_put(g);
+	}
 }
 
 /* Replaces (or adds) the ParameterStatus message for its parameter in params. */
@@ -171,7 +216,7 @@ void pool_login_begins(struct conn *c)
 	uint8_t digest[EVP_MAX_MD_SIZE];
 	unsigned dlen = 0;
 
-	if (c->snap->conf->server_idle_timeout_s <= 0 || !c->lg)
+	if (c->snap->conf->server_idle_timeout_s <= 0 || !c->lg || c->pool_on)
 		return;
 	/* The startup parameters the server session is made of (user and database are the key's own). */
 	if (!(md = EVP_MD_CTX_new()) || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
@@ -191,6 +236,7 @@ void pool_login_begins(struct conn *c)
 		return;
 	memcpy(c->be_params_digest, digest, sizeof(c->be_params_digest));
 	c->pool_on = true;
+	pool_txn_join(c);
 }
 
 void pool_note_param(struct conn *c, const uint8_t *msg, size_t len)
@@ -201,10 +247,17 @@ void pool_note_param(struct conn *c, const uint8_t *msg, size_t len)
 
 void pool_session_starts(struct conn *c)
 {
-	if (!c->pool_on || c->be_params || !c->lg)
-		return;
-	if (c->lg->params.oom || !(c->be_params = blob_get(c->px, c->lg->params.data, c->lg->params.len)))
+	struct pgroup *g = c->group;
+
+	if (c->pool_on && !c->be_params && c->lg &&
+	    (c->lg->params.oom || !(c->be_params = blob_get(c->px, c->lg->params.data, c->lg->params.len))))
 		c->pool_on = false;
+	if (g && !g->params && c->be_params) {
+		/* The group's first login: the sessions waiting for it may log in now. */
+		g->params = c->be_params;
+		g->params->refs++;
+		pgroup_kick(g);
+	}
 }
 
 void pool_session_ends(struct conn *c)
@@ -270,6 +323,11 @@ static void pool_on_bytes(struct pooled *p)
 static void pool_fd_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct pooled *p = arg;
+
+	if (!p->in && !(p->in = evbuffer_new())) {
+		pool_free(p, "out of memory");
+		return;
+	}
 	int n = evbuffer_read(p->in, fd, 4096);
 
 	if (n <= 0) {
@@ -285,7 +343,7 @@ static void pool_bev_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct pooled *p = arg;
 
-	if (evbuffer_add_buffer(p->in, bufferevent_get_input(bev)) != 0) {
+	if ((!p->in && !(p->in = evbuffer_new())) || evbuffer_add_buffer(p->in, bufferevent_get_input(bev)) != 0) {
 		pool_free(p, "out of memory");
 		return;
 	}
@@ -367,7 +425,7 @@ bool pool_take(struct conn *c)
 	if (!c->pool_on)
 		return false;
 	TAILQ_FOREACH(p, &px->pool, link) {
-		if (p->ready && p->inst == in && strcmp(p->dbname, c->route.dbname) == 0 &&
+		if (p->ready && !p->g && p->inst == in && strcmp(p->dbname, c->route.dbname) == 0 &&
 		    memcmp(p->params_digest, c->be_params_digest, sizeof(p->params_digest)) == 0)
 			break;
 	}
@@ -410,7 +468,7 @@ void pool_sweep(struct proxy *px)
 
 	for (p = TAILQ_FIRST(&px->pool); p; p = next) {
 		next = TAILQ_NEXT(p, link);
-		if (p->snap != px->snap)
+		if (p->snap != px->snap && !(p->g && p->g->nsessions > 0))
 			pool_free(p, "the configuration was reloaded");
 		else if (!p->ready && px->clock_s - p->since > POOL_RESET_S)
 			pool_free(p, "DISCARD ALL took too long");
@@ -448,4 +506,280 @@ void pool_free_all(struct proxy *px)
 		pool_free(TAILQ_FIRST(&px->pool), "pglane stops");
 	OPENSSL_LH_free(px->params_blobs); /* empty: every session has gone */
 	px->params_blobs = NULL;
+	OPENSSL_LH_free(px->pgroups); /* empty too: groups go with their last session and parked connection */
+	px->pgroups = NULL;
+}
+
+/* ---------------------------------------------------------------- transaction pooling */
+
+static unsigned long pgroup_hash(const void *p)
+{
+	return ((const struct pgroup *)p)->hash;
+}
+
+static int pgroup_cmp(const void *a, const void *b)
+{
+	const struct pgroup *x = a, *y = b;
+
+	if (x->inst != y->inst)
+		return x->inst < y->inst ? -1 : 1;
+	int d = memcmp(x->digest, y->digest, sizeof(x->digest));
+	return d ? d : strcmp(x->dbname, y->dbname);
+}
+
+/* c's group, made if there is none; NULL when out of memory. */
+static struct pgroup *pgroup_get(struct conn *c)
+{
+	struct proxy *px = c->px;
+	struct pgroup key = {.inst = c->inst}, *g;
+
+	if (!px->pgroups && !(px->pgroups = OPENSSL_LH_new(pgroup_hash, pgroup_cmp)))
+		return NULL;
+	snprintf(key.dbname, sizeof(key.dbname), "%s", c->route.dbname);
+	memcpy(key.digest, c->be_params_digest, sizeof(key.digest));
+	memcpy(&key.hash, key.digest, sizeof(key.hash)); /* a digest already: its bytes hash well */
+	key.hash ^= (unsigned long)(uintptr_t)c->inst;
+	if ((g = OPENSSL_LH_retrieve(px->pgroups, &key))) {
+		g->refs++;
+		return g;
+	}
+	if (!c->lg || !(g = malloc(sizeof(*g))))
+		return NULL;
+	*g = key;
+	if (!(g->startup = malloc(c->lg->su.len))) {
+		free(g);
+		return NULL;
+	}
+	memcpy(g->startup, c->lg->startup, c->lg->su.len);
+	g->startup_len = c->lg->su.len;
+	g->px = px;
+	g->snap = snapshot_ref(c->snap);
+	g->refs = 1;
+	TAILQ_INIT(&g->idle);
+	TAILQ_INIT(&g->waiters);
+	OPENSSL_LH_insert(px->pgroups, g);
+	if (OPENSSL_LH_error(px->pgroups)) {
+		snapshot_unref(g->snap);
+		free(g->startup);
+		free(g);
+		return NULL;
+	}
+	return g;
+}
+
+static void pgroup_put(struct pgroup *g)
+{
+	if (--g->refs > 0)
+		return;
+	OPENSSL_LH_delete(g->px->pgroups, g);
+	blob_put(g->px, g->params);
+	snapshot_unref(g->snap);
+	free(g->startup);
+	free(g);
+}
+
+static void pgroup_unwait(struct conn *c)
+{
+	if (c->waiting)
+		TAILQ_REMOVE(&c->group->waiters, c, wait_link);
+	c->waiting = false;
+}
+
+static void pgroup_wait(struct conn *c)
+{
+	if (!c->waiting)
+		TAILQ_INSERT_TAIL(&c->group->waiters, c, wait_link);
+	c->waiting = true;
+}
+
+/* Lets waiting sessions go as far as the group allows: logins once its parameters are known (or its first
+ * login failed, when the next tries), transactions while a connection is parked or a slot is free. */
+static void pgroup_kick(struct pgroup *g)
+{
+	struct conn *c, *next;
+
+	if (g->kicking)
+		return;
+	g->kicking = true;
+	g->refs++;
+	for (c = TAILQ_FIRST(&g->waiters); c; c = next) {
+		next = TAILQ_NEXT(c, wait_link);
+		if (c->state == CONN_CONNECT) {
+			if (!g->params && g->nserver > 0)
+				continue;
+			pgroup_unwait(c);
+			backend_start(c);
+		} else {
+			if (TAILQ_EMPTY(&g->idle) && g->nserver >= (unsigned)g->snap->conf->pool_size)
+				break;
+			pgroup_unwait(c);
+			pool_txn_attach(c);
+		}
+	}
+	g->kicking = false;
+	pgroup_put(g);
+}
+
+/* pool_login_begins(), for a transaction-mode app: c joins its group (or, without memory, stays a session). */
+static void pool_txn_join(struct conn *c)
+{
+	if (c->group || c->admin || c->route.app->pool_mode != POOL_MODE_TRANSACTION)
+		return;
+	if (!(c->group = pgroup_get(c))) {
+		log_conn(LOG_WARNING, c, "out of memory for transaction pooling: this session keeps its server connection");
+		return;
+	}
+	c->txn = true;
+	c->group->nsessions++;
+}
+
+enum pool_login pool_txn_login(struct conn *c)
+{
+	struct pgroup *g = c->group;
+
+	if (g->params) {
+		c->be_params = g->params;
+		g->params->refs++;
+		c->be_pid = c->be_key = 0;
+		/* The client still gets a process id for its cancel requests: pglane's own, never a backend's. */
+		c->client_pid = (uint32_t)(c->id % 0x7ffffffe) + 1;
+		return POOL_LOGIN_DETACHED;
+	}
+	if (c->holds_slot) /* again, after autoprov or a shed */
+		return POOL_LOGIN_CONNECT;
+	if (g->nserver == 0) {
+		g->nserver++;
+		c->holds_slot = true;
+		return POOL_LOGIN_CONNECT;
+	}
+	pgroup_wait(c); /* the group's first login is under way: its parameters will do for c too */
+	return POOL_LOGIN_WAIT;
+}
+
+bool pool_txn_park(struct conn *c)
+{
+	struct proxy *px = c->px;
+	struct pgroup *g = c->group;
+	struct pooled *p;
+
+	if (!g || !c->holds_slot || (c->rs.fd < 0 && !(c->server && c->be_ssl)) || !(p = calloc(1, sizeof(*p))))
+		return false;
+	p->fd = -1;
+	p->px = px;
+	p->snap = snapshot_ref(c->snap);
+	p->inst = c->inst;
+	memcpy(p->dbname, c->route.dbname, sizeof(p->dbname));
+	memcpy(p->params_digest, c->be_params_digest, sizeof(p->params_digest));
+	p->be_pid = c->be_pid;
+	p->be_key = c->be_key;
+	memcpy(&p->be_addr, &c->be_addr, sizeof(p->be_addr));
+	p->be_addrlen = c->be_addrlen;
+	p->since = px->clock_s;
+	p->ready = true;
+	if (c->rs.fd >= 0) {
+		if (!(p->rev = event_new(px->base, c->rs.fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p))) {
+			pool_destroy(p);
+			return false;
+		}
+		p->fd = c->rs.fd;
+		relay_release_server(c);
+		event_add(p->rev, NULL);
+	} else {
+		p->bev = c->server;
+		p->ssl = c->be_ssl;
+		c->server = NULL;
+		c->be_ssl = NULL;
+		bufferevent_setcb(p->bev, pool_bev_read_cb, NULL, pool_bev_event_cb, p);
+		bufferevent_setwatermark(p->bev, EV_WRITE, 0, 0);
+		bufferevent_enable(p->bev, EV_READ);
+	}
+	c->be_pid = c->be_key = 0;
+	c->holds_slot = false; /* the slot goes with the connection */
+	p->g = g;
+	g->refs++;
+	TAILQ_INSERT_TAIL(&px->pool, p, link);
+	TAILQ_INSERT_HEAD(&g->idle, p, glink); /* the warmest first */
+	px->npooled++;
+	pgroup_kick(g);
+	return true;
+}
+
+/* Opens a new server connection for c in the middle of its session, with the group's startup packet. */
+static void pool_txn_open(struct conn *c)
+{
+	struct pgroup *g = c->group;
+	char err[128];
+
+	if (!(c->lg = calloc(1, sizeof(*c->lg))) || !(c->lg->startup = malloc(g->startup_len))) {
+		conn_close(c, "out of memory");
+		return;
+	}
+	memcpy(c->lg->startup, g->startup, g->startup_len);
+	if (pg_read_startup(c->lg->startup, g->startup_len, g->startup_len, &c->lg->su, err, sizeof(err)) != PG_OK) {
+		conn_close(c, "the group's startup packet no longer parses");
+		return;
+	}
+	c->reopen = true;
+	c->provisioned = true; /* a database that disappears mid-session is an error, not a reason to create it */
+	c->state = CONN_CONNECT;
+	backend_connect(c);
+}
+
+void pool_txn_attach(struct conn *c)
+{
+	struct proxy *px = c->px;
+	struct pgroup *g = c->group;
+	struct pooled *p = TAILQ_FIRST(&g->idle);
+
+	if (p) {
+		if (p->fd >= 0 && !relay_adopt_server(c, p->fd)) {
+			conn_close(c, "out of memory");
+			return;
+		}
+		TAILQ_REMOVE(&px->pool, p, link);
+		TAILQ_REMOVE(&g->idle, p, glink);
+		px->npooled--;
+		c->be_pid = p->be_pid;
+		c->be_key = p->be_key;
+		memcpy(&c->be_addr, &p->be_addr, sizeof(c->be_addr));
+		c->be_addrlen = p->be_addrlen;
+		if (p->fd >= 0) {
+			event_free(p->rev);
+			p->rev = NULL;
+			p->fd = -1;
+		} else {
+			c->server = p->bev;
+			c->be_ssl = p->ssl;
+			p->bev = NULL;
+		}
+		c->holds_slot = true; /* the parked connection's slot */
+		p->g = NULL;
+		pool_destroy(p);
+		pgroup_put(g); /* p's reference; c holds its own */
+		relay_txn_resume(c);
+		return;
+	}
+	if (g->nserver < (unsigned)g->snap->conf->pool_size) {
+		g->nserver++;
+		c->holds_slot = true;
+		pool_txn_open(c);
+		return;
+	}
+	pgroup_wait(c);
+}
+
+void pool_conn_gone(struct conn *c)
+{
+	struct pgroup *g = c->group;
+
+	if (!g)
+		return;
+	pgroup_unwait(c);
+	if (c->holds_slot)
+		g->nserver--;
+	c->holds_slot = false;
+	c->group = NULL;
+	g->nsessions--;
+	pgroup_kick(g);
+	pgroup_put(g);
 }

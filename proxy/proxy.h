@@ -109,6 +109,18 @@ struct krelay_conn {
 };
 enum { KR_WRITE, KR_WAIT };
 
+/* Transaction pooling: where each direction stands in its messages, and what the server still owes. */
+struct txn_track {
+	uint32_t left[2];  /* bytes of the current message's body still to come; [0] from the client, [1] the server */
+	uint8_t hdr[2][5]; /* a message header being gathered */
+	uint8_t have[2];   /* bytes of it so far */
+	uint8_t type[2];   /* the current message's type */
+	uint32_t owed;     /* Query, FunctionCall and Sync messages the server has not answered with ReadyForQuery */
+	bool batch;        /* extended-protocol messages sent since the last Sync */
+	bool lost;         /* a length under 4: the stream cannot be framed, so the server stays with the client */
+	char status;       /* the last ReadyForQuery's status */
+};
+
 #define RELAY_BLOCKED_CLIENT 1u /* not reading the client: the server's side is full */
 #define RELAY_BLOCKED_SERVER 2u /* not reading the server: the client's side is full */
 
@@ -170,6 +182,18 @@ struct conn {
 	bool pool_on;                 /* this session's server connection may be kept (server_idle_timeout) */
 	bool pool_shed;               /* the login has already closed kept connections to free a slot once */
 
+	/* transaction pooling (pool_mode = transaction): the server connection is the session's only from a
+	 * transaction's first message to the ReadyForQuery that ends it */
+	bool txn;                     /* this session is pooled by transaction */
+	bool holds_slot;              /* one of the group's pool_size server connections is this session's */
+	bool waiting;                 /* on group->waiters */
+	bool reopen;                  /* CONN_CONNECT for a new server connection in the middle of a session */
+	struct pgroup *group;         /* reference: the sessions and server connections sharing one pool */
+	struct txn_track tx;
+	struct evbuffer *held;        /* owned: the client's bytes waiting for a server connection */
+	uint32_t client_pid;          /* the process id the client was told (BackendKeyData) */
+	TAILQ_ENTRY(conn) wait_link;  /* group->waiters */
+
 	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
 
 	TAILQ_ENTRY(conn) link;      /* px->conns or px->reap */
@@ -229,6 +253,7 @@ struct proxy {
 	struct pool_list pool;     /* server connections waiting for their next client (pool.c) */
 	size_t npooled;
 	void *params_blobs;        /* OPENSSL_LHASH of struct params_blob: sessions share identical ones */
+	void *pgroups;             /* OPENSSL_LHASH of struct pgroup: transaction pools (pool.c) */
 	struct stats stats;
 	struct inst_live *inst_live; /* owned list */
 	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
@@ -291,6 +316,8 @@ void frontend_deferred(struct conn *c);
 void bev_set_nodelay(struct bufferevent *bev);
 void backend_start(struct conn *c);
 void backend_forward_cancel(struct proxy *px, const struct conn *target);
+/* Transaction pooling: a new server connection for a session in the middle of it (c->lg rebuilt by pool.c). */
+void backend_connect(struct conn *c);
 
 /* autoprov.c: create the route's missing database, then retry backend_start() (or fail c). */
 void autoprov_start(struct conn *c);
@@ -348,6 +375,13 @@ void pool_session_starts(struct conn *c); /* relay_start(), before the login's s
 void pool_session_ends(struct conn *c);   /* conn_free() */
 const uint8_t *pool_params(const struct conn *c, size_t *len); /* what a resumed client is told */
 bool pool_release(struct conn *c); /* c's client ended with Terminate: true when its server was kept */
+/* Transaction pooling.  At login: whether c can be told the group's parameters without a server (DETACHED),
+ * must log in to the instance (CONNECT: a slot is c's), or waits for the first login of its group (WAIT). */
+enum pool_login { POOL_LOGIN_DETACHED, POOL_LOGIN_CONNECT, POOL_LOGIN_WAIT };
+enum pool_login pool_txn_login(struct conn *c);
+bool pool_txn_park(struct conn *c);   /* the transaction ended: the server connection goes back */
+void pool_txn_attach(struct conn *c); /* the client's next transaction began (its bytes in c->held) */
+void pool_conn_gone(struct conn *c);  /* conn_close(): c's slot, place in line and group go */
 void pool_sweep(struct proxy *px);
 size_t pool_shed(struct proxy *px, const struct conf_instance *in); /* closes in's kept connections */
 /* Calls fn for each kept server connection (SHOW SERVERS); ready: reset and waiting for a client. */
@@ -358,6 +392,8 @@ void pool_free_all(struct proxy *px);
 /* relay.c, for pool.c: the server's raw socket leaves c (not closed), or a parked one joins c. */
 void relay_release_server(struct conn *c);
 bool relay_adopt_server(struct conn *c, evutil_socket_t fd); /* false: out of memory, fd not taken */
+/* Transaction pooling: a server connection joined c (adopted, or logged in): relay what the client sent. */
+void relay_txn_resume(struct conn *c);
 
 /* krelay.c: the kernel relays plaintext sessions (kernel_relay) */
 bool krelay_open(struct proxy *px, uint32_t npairs, char *err, size_t errlen);

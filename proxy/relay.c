@@ -34,6 +34,9 @@ static void relay_event_cb(struct bufferevent *bev, short what, void *arg);
 static void relay_raw_write_cb(evutil_socket_t fd, short what, void *arg);
 static bool relay_kr_wait(struct conn *c, bool to_client);
 static bool relay_arm_write(struct conn *c, bool client);
+static void relay_drained_cb(struct bufferevent *dst, void *arg);
+static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf);
+static bool relay_go_raw(struct conn *c, bool client, struct evbuffer *leftover);
 
 static struct relay_raw *relay_raw_of(struct conn *c, bool client)
 {
@@ -256,7 +259,7 @@ static bool relay_raw_flush(struct conn *c, bool client)
 }
 
 /* n bytes at p (or, when p is NULL, everything in buf) go to the client (to_client) or the server. */
-static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf)
+static bool relay_send(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf)
 {
 	struct relay_raw *r = relay_raw_of(c, to_client);
 	struct bufferevent *b = relay_bev_of(c, to_client);
@@ -299,6 +302,179 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 	return true;
 }
 
+/* ---------------------------------------------------------------- transaction pooling */
+
+/* A message header from side (0: the client, 1: the server) is complete: what it means for the transaction. */
+static void txn_on_header(struct txn_track *t, int side)
+{
+	uint8_t type = t->hdr[side][0];
+	uint32_t len = pg_get_u32(t->hdr[side] + 1);
+
+	t->have[side] = 0;
+	if (len < 4 || (side == 1 && type == PG_MSG_READY_FOR_QUERY && len != 5)) {
+		t->lost = true;
+		return;
+	}
+	t->type[side] = type;
+	t->left[side] = len - 4;
+	if (side == 1)
+		return;
+	switch (type) {
+	case 'Q': /* Query */
+	case 'F': /* FunctionCall */
+		t->owed++;
+		break;
+	case 'S': /* Sync */
+		t->owed++;
+		t->batch = false;
+		break;
+	case 'P': /* Parse, Bind, Describe, Execute, Close, Flush: a batch the server holds until its Sync */
+	case 'B':
+	case 'D':
+	case 'E':
+	case 'C':
+	case 'H':
+		t->batch = true;
+		break;
+	}
+}
+
+/* Follows n bytes from side through their messages: only headers are read, bodies are stepped over. */
+static void txn_scan(struct txn_track *t, int side, const uint8_t *p, size_t n)
+{
+	while (n > 0 && !t->lost) {
+		if (t->left[side] > 0) {
+			if (side == 1 && t->type[1] == PG_MSG_READY_FOR_QUERY) {
+				t->status = (char)p[0]; /* the only byte of its body */
+				t->owed -= t->owed > 0;
+			}
+			size_t k = n < t->left[side] ? n : t->left[side];
+			p += k, n -= k;
+			t->left[side] -= (uint32_t)k;
+			continue;
+		}
+		size_t k = 5 - t->have[side];
+		k = n < k ? n : k;
+		memcpy(t->hdr[side] + t->have[side], p, k);
+		t->have[side] += (uint8_t)k;
+		p += k, n -= k;
+		if (t->have[side] == 5)
+			txn_on_header(t, side);
+	}
+}
+
+static void txn_scan_buf(struct txn_track *t, int side, struct evbuffer *b)
+{
+	struct evbuffer_iovec v[16];
+	struct evbuffer_ptr pos;
+	size_t done = 0, total = evbuffer_get_length(b);
+
+	while (done < total && evbuffer_ptr_set(b, &pos, done, EVBUFFER_PTR_SET) == 0) {
+		int k = evbuffer_peek(b, -1, &pos, v, 16);
+		if (k <= 0)
+			return;
+		for (int i = 0; i < k && i < 16; i++) {
+			txn_scan(t, side, v[i].iov_base, v[i].iov_len);
+			done += v[i].iov_len;
+		}
+	}
+}
+
+/* Whether the server connection may go back to the group: both streams between messages, every request
+ * answered, no extended-protocol batch open, outside a transaction, nothing left to send it. */
+static bool txn_settled(struct conn *c)
+{
+	const struct txn_track *t = &c->tx;
+
+	return !t->lost && t->owed == 0 && !t->batch && t->status == 'I' && t->left[0] == 0 && t->have[0] == 0 &&
+	       t->left[1] == 0 && t->have[1] == 0 && relay_pending(c, false) == 0;
+}
+
+/* The server answered: if the transaction is over, its connection goes back to the group. */
+static void relay_txn_settle(struct conn *c)
+{
+	if (!c->txn || c->state != CONN_RELAY || c->closing || (c->rs.fd < 0 && !c->server) || !txn_settled(c))
+		return;
+	if (!pool_txn_park(c))
+		return; /* out of memory: the session keeps it */
+	c->relay_blocked &= ~RELAY_BLOCKED_CLIENT; /* nothing waits for the server any more */
+	relay_reading(c, true, true);
+}
+
+/* The client's bytes with no server connection: held while one is found.  A lone Terminate just ends. */
+static bool relay_txn_hold(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *buf)
+{
+	static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
+	uint8_t head[5];
+	size_t len = p ? n : evbuffer_get_length(buf);
+
+	if ((!c->held || evbuffer_get_length(c->held) == 0) && len == sizeof(terminate) &&
+	    memcmp(p ? p : (evbuffer_copyout(buf, head, 5) == 5 ? head : (const uint8_t *)""), terminate, 5) == 0) {
+		conn_close(c, "client closed the connection");
+		return false;
+	}
+	if ((!c->held && !(c->held = evbuffer_new())) || (p ? evbuffer_add(c->held, p, n) : evbuffer_add_buffer(c->held, buf))) {
+		conn_close(c, "out of memory");
+		return false;
+	}
+	relay_reading(c, true, false);
+	if (!c->waiting && c->state == CONN_RELAY)
+		pool_txn_attach(c);
+	return c->state == CONN_RELAY && !c->closing;
+}
+
+void relay_txn_resume(struct conn *c)
+{
+	struct evbuffer *from_server = NULL;
+
+	c->state = CONN_RELAY;
+	if (c->timer) { /* the new connection's deadline */
+		event_free(c->timer);
+		c->timer = NULL;
+	}
+	if (c->server && !c->be_ssl && c->rs.fd < 0 &&
+	    (!(from_server = evbuffer_new()) || !relay_go_raw(c, false, from_server))) {
+		if (from_server)
+			evbuffer_free(from_server);
+		conn_close(c, "out of memory");
+		return;
+	}
+	bool read_server = !(c->relay_blocked & RELAY_BLOCKED_SERVER);
+	if (c->rs.fd >= 0) {
+		if (read_server)
+			event_add(c->rs.rev, NULL);
+	} else {
+		bufferevent_setcb(c->server, relay_read_cb, relay_drained_cb, relay_event_cb, c);
+		bufferevent_setwatermark(c->server, EV_WRITE, 0, 0);
+		bufferevent_enable(c->server, EV_WRITE | (read_server ? EV_READ : 0));
+	}
+	bool ok = true;
+	if (from_server) { /* a server says nothing after ReadyForQuery; should it, the client hears it */
+		if (evbuffer_get_length(from_server) > 0)
+			ok = relay_deliver(c, true, NULL, 0, from_server);
+		evbuffer_free(from_server);
+	}
+	if (ok && c->held && evbuffer_get_length(c->held) > 0)
+		ok = relay_send(c, false, NULL, 0, c->held);
+	if (ok && c->state == CONN_RELAY && !c->closing)
+		relay_reading(c, true, !(c->relay_blocked & RELAY_BLOCKED_CLIENT));
+}
+
+/* Every relayed byte passes here: transaction pooling follows the messages, and holds what the client
+ * sends while it has no server connection. */
+static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf)
+{
+	if (c->txn) {
+		if (p)
+			txn_scan(&c->tx, to_client, p, n);
+		else
+			txn_scan_buf(&c->tx, to_client, buf);
+		if (!to_client && c->rs.fd < 0 && !c->server)
+			return relay_txn_hold(c, p, n, buf);
+	}
+	return relay_send(c, to_client, p, n, buf);
+}
+
 /* The client sent Terminate, alone, at a message boundary, outside a transaction: with pooling on, the
  * server connection stays for the next client (pool.c) and only the client's side closes.  True when c
  * has been closed that way; false: relay the bytes as any others. */
@@ -306,7 +482,7 @@ static bool relay_client_terminates(struct conn *c, const uint8_t *p, size_t n)
 {
 	static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
 
-	if (!c->be_params || n != sizeof(terminate) || memcmp(p, terminate, n) != 0)
+	if (!c->be_params || c->txn || n != sizeof(terminate) || memcmp(p, terminate, n) != 0)
 		return false;
 	krelay_refresh(c);
 	if (c->client_waiting || !c->server_idle || c->server_status != 'I' || !pool_release(c))
@@ -336,6 +512,12 @@ static void relay_raw_read_cb(evutil_socket_t fd, short what, void *arg)
 		relay_count(c, from_client, n >= 6 ? buf + n - 6 : NULL, (size_t)n);
 		if (!relay_deliver(c, !from_client, buf, (size_t)n, NULL))
 			return;
+		if (c->txn) {
+			if (!from_client)
+				relay_txn_settle(c);
+			if (c->state != CONN_RELAY || c->waiting || fd != (from_client ? c->rc.fd : c->rs.fd))
+				return;
+		}
 		unsigned blocked = from_client ? RELAY_BLOCKED_CLIENT : RELAY_BLOCKED_SERVER;
 		if ((size_t)n < sizeof(buf) || (c->relay_blocked & blocked))
 			return;
@@ -355,6 +537,8 @@ static void relay_raw_write_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	relay_check_drained(c, to_client);
+	if (!to_client && c->state == CONN_RELAY)
+		relay_txn_settle(c);
 }
 
 /* The destination bufferevent drained below its low watermark. */
@@ -388,7 +572,8 @@ static void relay_read_cb(struct bufferevent *src, void *arg)
 	}
 
 	relay_count(c, from_client, have_tail ? tail : NULL, n);
-	relay_deliver(c, !from_client, NULL, n, in);
+	if (relay_deliver(c, !from_client, NULL, n, in) && !from_client)
+		relay_txn_settle(c);
 }
 
 static void relay_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -439,19 +624,21 @@ void relay_start(struct conn *c)
 	c->server_idle = true; /* backend.c has just passed on the server's ReadyForQuery */
 	c->server_status = 'I';
 	c->last_active = c->px->clock_s;
+	memset(&c->tx, 0, sizeof(c->tx));
+	c->tx.status = 'I';
 	/* The login's deadline is over; an idle session keeps no timer (conn_arm_timer() makes one if needed). */
 	event_free(c->timer);
 	c->timer = NULL;
 	pool_session_starts(c);
 	conn_login_done(c);
 	if (!from_client || !from_server || (!c->client_tls && !relay_go_raw(c, true, from_client)) ||
-	    (!c->be_ssl && c->rs.fd < 0 && !relay_go_raw(c, false, from_server))) {
+	    (c->server && !c->be_ssl && c->rs.fd < 0 && !relay_go_raw(c, false, from_server))) {
 		conn_close(c, "out of memory");
 		goto out;
 	}
 	/* Both sides quiet (the client waits for the ReadyForQuery below, the server has sent it) and plaintext:
 	 * the kernel may take the session over.  The ReadyForQuery goes out only after. */
-	if (c->px->kr && c->snap->conf->kernel_relay != KERNEL_RELAY_OFF && c->rc.fd >= 0 && c->rs.fd >= 0 &&
+	if (c->px->kr && c->snap->conf->kernel_relay != KERNEL_RELAY_OFF && !c->txn && c->rc.fd >= 0 && c->rs.fd >= 0 &&
 	    evbuffer_get_length(from_client) == 0 && evbuffer_get_length(from_server) == 0 && krelay_attach(c) &&
 	    c->rc.out) {
 		int k = evbuffer_write(c->rc.out, c->rc.fd);
@@ -465,7 +652,7 @@ void relay_start(struct conn *c)
 			event_add(r->rev, NULL);
 			if (r->out && evbuffer_get_length(r->out) > 0 && !relay_arm_write(c, client))
 				goto out;
-		} else {
+		} else if (b) { /* (a transaction-mode session may start without a server connection) */
 			bufferevent_setcb(b, relay_read_cb, relay_drained_cb, relay_event_cb, c);
 			bufferevent_enable(b, EV_READ | EV_WRITE);
 		}
@@ -475,6 +662,7 @@ void relay_start(struct conn *c)
 		relay_deliver(c, false, NULL, 0, from_client);
 	if (c->state == CONN_RELAY && !c->closing && evbuffer_get_length(from_server) > 0)
 		relay_deliver(c, true, NULL, 0, from_server);
+	relay_txn_settle(c);
 out:
 	if (from_client)
 		evbuffer_free(from_client);
