@@ -84,6 +84,7 @@ static void test_all_keys(void **state)
 	                           "workers = 4\n"
 	                           "kernel_relay = auto\n"
 	                           "server_idle_timeout = 0\n"
+	                           "pool_size = 5\n"
 	                           "tls_mode = require\n"
 	                           "tls_cert = server.crt\n"
 	                           "tls_key = server.key\n"
@@ -127,6 +128,7 @@ static void test_all_keys(void **state)
 	                           "template = template0\n"
 	                           "migrate = npm run migrate\n"
 	                           "max_clients = 50\n"
+	                           "pool_mode = session\n"
 	                           "\n"
 	                           "[app other-app]\n"
 	                           "instance = sys\n"
@@ -154,6 +156,8 @@ static void test_all_keys(void **state)
 	assert_int_equal(c->workers, 4);
 	assert_int_equal(c->kernel_relay, KERNEL_RELAY_AUTO);
 	assert_int_equal(c->server_idle_timeout_s, 0);
+	assert_int_equal(c->pool_size, 5);
+	assert_int_equal(c->pool_mode, POOL_MODE_SESSION);
 	assert_int_equal(c->tls_mode, TLS_MODE_REQUIRE);
 	assert_string_equal(c->tls_cert, path_in_dir("server.crt"));
 	assert_string_equal(c->tls_key, path_in_dir("server.key"));
@@ -172,7 +176,7 @@ static void test_all_keys(void **state)
 	assert_int_equal(c->ninstances, 3);
 	in = conf_instance_find(c, "main");
 	assert_non_null(in);
-	assert_int_equal(in->line, 29);
+	assert_int_equal(in->line, 30);
 	assert_string_equal(in->host, "db1.internal");
 	assert_int_equal(in->port, 5433);
 	assert_string_equal(in->user, "pglane");
@@ -196,7 +200,7 @@ static void test_all_keys(void **state)
 	assert_int_equal(c->napps, 2);
 	app = conf_app_find(c, "myapp");
 	assert_non_null(app);
-	assert_int_equal(app->line, 48);
+	assert_int_equal(app->line, 49);
 	assert_string_equal(app->instance_name, "main");
 	assert_ptr_equal(app->instance, conf_instance_find(c, "main"));
 	assert_string_equal(app->secret, "s3cret-s3cret-s3cret");
@@ -206,6 +210,7 @@ static void test_all_keys(void **state)
 	assert_string_equal(app->template_db, "template0");
 	assert_string_equal(app->migrate, "npm run migrate");
 	assert_int_equal(app->max_clients, 50);
+	assert_int_equal(app->pool_mode, POOL_MODE_SESSION);
 	assert_ptr_equal(conf_app_find(c, "other-app")->instance, conf_instance_find(c, "sys"));
 	assert_null(conf_app_find(c, "nope"));
 	conf_free(c);
@@ -232,6 +237,8 @@ static void test_defaults(void **state)
 	assert_int_equal(c->workers, 0);
 	assert_int_equal(c->kernel_relay, KERNEL_RELAY_OFF);
 	assert_int_equal(c->server_idle_timeout_s, 60);
+	assert_int_equal(c->pool_mode, POOL_MODE_SESSION);
+	assert_int_equal(c->pool_size, 20);
 	assert_int_equal(c->tls_mode, TLS_MODE_DISABLE);
 	assert_string_equal(c->tls_min_version, "TLSv1.2");
 	assert_false(c->allow_cleartext);
@@ -259,6 +266,23 @@ static void test_defaults(void **state)
 	assert_int_equal(c->tls_mode, TLS_MODE_ALLOW);
 	assert_string_equal(c->public_host, "::1");
 	assert_int_equal(c->public_port, 7000);
+	conf_free(c);
+}
+
+/* An app takes [pglane]'s pool_mode unless it sets its own, wherever [pglane] stands in the file. */
+static void test_pool_mode(void **state)
+{
+	const char *text = INST APP "[app sess]\ninstance = main\nsecret = s\npool_mode = session\n"
+	                   "[pglane]\npool_mode = transaction\npool_size = 7\n";
+	char err[512] = "";
+	struct conf *c = load(text, err, sizeof(err));
+
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->pool_mode, POOL_MODE_TRANSACTION);
+	assert_int_equal(c->pool_size, 7);
+	assert_int_equal(conf_app_find(c, "myapp")->pool_mode, POOL_MODE_TRANSACTION);
+	assert_int_equal(conf_app_find(c, "sess")->pool_mode, POOL_MODE_SESSION);
 	conf_free(c);
 }
 
@@ -388,6 +412,13 @@ static void test_bad_files(void **state)
 	    {"[pglane]\nkernel_relay = fast\n", 2, "off, auto or on"},
 	    {"[pglane]\nserver_idle_timeout = -1\n", 2, "server_idle_timeout"},
 	    {"[pglane]\nserver_idle_timeout = 1e9\n", 2, "server_idle_timeout"},
+	    {"[pglane]\npool_mode = statement\n", 2, "session or transaction"},
+	    {INST APP "pool_mode = sometimes\n", 6, "session or transaction"},
+	    {"[pglane]\npool_size = 0\n", 2, "pool_size"},
+	    {"[pglane]\nserver_idle_timeout = 0\n" INST APP "pool_mode = transaction\n", 8,
+	     "pool_mode = transaction needs server_idle_timeout above 0"},
+	    {"[pglane]\nserver_idle_timeout = 0\npool_mode = transaction\n" INST APP, 3,
+	     "pool_mode = transaction needs server_idle_timeout above 0"},
 	    {"[pglane]\ntls_cert = missing.crt\ntls_key = server.key\n", 2, "No such file"},
 	    {"[pglane]\ntls_min_version = TLSv1.1\n", 2, "TLSv1.2 or TLSv1.3"},
 	    {"[pglane]\nclient_crl = crl.pem\n", 2, "needs client_ca"},
@@ -579,7 +610,7 @@ int main(void)
 	    cmocka_unit_test(test_instance_url), cmocka_unit_test(test_aws_rds),
 	    cmocka_unit_test(test_bad_files),    cmocka_unit_test(test_many_errors),
 	    cmocka_unit_test(test_load_file),    cmocka_unit_test(test_parse_hostport),
-	    cmocka_unit_test(test_sslmode),
+	    cmocka_unit_test(test_sslmode),      cmocka_unit_test(test_pool_mode),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
