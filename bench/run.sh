@@ -13,7 +13,8 @@
 # proxy process (utime+stime from /proc/PID/stat, including any child processes, before and after the
 # run), and the proxy's peak RSS during the run (VmHWM, reset through /proc/PID/clear_refs before each
 # run).  Then memory per idle logged-in client (VmRSS growth / clients) of a fresh pglane and a fresh
-# PgBouncer, plaintext and TLS, with bench/idle_clients.c (built here with cc) holding the clients.
+# PgBouncer, plaintext and TLS, in session and in transaction pooling, with bench/idle_clients.c (built here
+# with cc) holding the clients.
 # It writes bench/results.md, prints it, and says for each target of issue 7 whether it holds.
 #
 # Not part of `make test`, never run in CI: it takes minutes and its numbers depend on the machine.
@@ -29,8 +30,9 @@
 #   BENCH_JOBS=2           pgbench -j for the multi-client cases
 #   BENCH_CASES="1 1t 2 3 4 4t 5 idle"   which cases to run
 #   BENCH_MAX_CONNECTIONS=600   PostgreSQL max_connections (256 clients + PgBouncer's pool + idle test)
-#   BENCH_IDLE_CLIENTS     idle clients per memory measurement (default: max_connections - 50, since
-#                          every idle pglane client holds a server connection today; 10000 once it need not)
+#   BENCH_IDLE_CLIENTS     idle clients per session-pooling memory measurement (default: max_connections
+#                          - 50, since each then holds a server connection)
+#   BENCH_IDLE_TXN_CLIENTS=10000   idle clients per transaction-pooling measurement (they hold none)
 #   BENCH_PGB_USERLIST=plain   PgBouncer's userlist: plain (the password: one PBKDF2 per client login,
 #                          as issue 7's baseline figures) or scram (the SCRAM secret from pg_authid)
 #   BENCH_PGLANE_WORKERS   when set, written as [pglane] workers = N
@@ -173,6 +175,7 @@ JOBS=${BENCH_JOBS:-2}
 CASES=${BENCH_CASES:-1 1t 2 3 4 4t 5 idle}
 MAXCONN=${BENCH_MAX_CONNECTIONS:-600}
 IDLE_N=${BENCH_IDLE_CLIENTS:-$((MAXCONN - 50))}
+IDLE_TXN_N=${BENCH_IDLE_TXN_CLIENTS:-10000}
 PGB_USERLIST=${BENCH_PGB_USERLIST:-plain}
 KRELAY=${BENCH_KERNEL_RELAY:-auto}
 PERF=${BENCH_PERF:-0}
@@ -199,8 +202,8 @@ case $PGB_USERLIST in plain | scram) ;; *) die "BENCH_PGB_USERLIST must be plain
 
 # 256 clients through a proxy need about 520 descriptors in the proxy, the idle test twice its clients.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
-[ "$(ulimit -n)" -ge $((2 * IDLE_N + 600)) ] ||
-	say "warning: open files limit $(ulimit -n) is low for $IDLE_N idle clients"
+[ "$(ulimit -n)" -ge $((IDLE_TXN_N + 600)) ] ||
+	say "warning: open files limit $(ulimit -n) is low for $IDLE_TXN_N idle clients"
 
 DATA=$TMP/bench
 mkdir -p "$DATA/lat" && chmod 755 "$DATA"
@@ -326,7 +329,7 @@ unix_socket_dir =
 listen_backlog = 4096
 auth_type = scram-sha-256
 auth_file = $PGB_DIR/userlist.txt
-pool_mode = session
+pool_mode = ${PGB_POOL_MODE:-session}
 max_client_conn = 20000
 default_pool_size = 300
 server_tls_sslmode = disable
@@ -381,6 +384,7 @@ tls_cert = $CERTS/server.crt
 tls_key = $CERTS/server.key
 ${BENCH_PGLANE_WORKERS:+workers = $BENCH_PGLANE_WORKERS}
 kernel_relay = $KRELAY
+pool_mode = ${LANE_POOL_MODE:-session}
 
 [instance main]
 url = postgresql://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres?sslmode=disable
@@ -597,7 +601,7 @@ PGB_MAIN_HWM=$(proc_status_kb "$PGB_MAIN_PID" VmHWM)
 
 # ---------------------------------------------------------------- idle clients
 
-IDLE_RAW=$DATA/idle.tsv # proxy mode clients failed rss0_kb rss1_kb
+IDLE_RAW=$DATA/idle.tsv # proxy mode clients failed rss0_kb rss1_kb pool_mode
 : >"$IDLE_RAW"
 IDLE_TOOL=$DATA/idle_clients
 
@@ -612,16 +616,17 @@ backends_wait() {
 	say "warning: $n client backends still open"
 }
 
-# idle_measure PROXY MODE: a fresh PROXY process, warmed by two logins in MODE, then IDLE_N idle clients.
+# idle_measure PROXY MODE N POOL_MODE: a fresh PROXY process in POOL_MODE (session or transaction), warmed
+# by two logins in MODE, then N idle clients.
 idle_measure() {
-	local proxy=$1 mode=$2 port pid rss0 rss1 line out=$DATA/idle-$1-$2.out t tool_pid _
+	local proxy=$1 mode=$2 n=$3 pool=$4 port pid rss0 rss1 line out=$DATA/idle-$1-$2-$4.out t tool_pid _
 	free_port_var port || die "free_port"
 	if [ "$proxy" = pglane ]; then
-		lane_conf "$port" "$DATA/pglane-idle-$port.ini"
+		LANE_POOL_MODE=$pool lane_conf "$port" "$DATA/pglane-idle-$port.ini"
 		pglane_start "$DATA/pglane-idle-$port.ini" "$port" || die "pglane (idle test) did not start"
 		pid=$PGLANE_PID
 	else
-		pgb_start "$port"
+		PGB_POOL_MODE=$pool pgb_start "$port"
 		pid=$PGB_PID
 	fi
 	local v="ENV_${proxy}[@]" envs
@@ -631,7 +636,7 @@ idle_measure() {
 	done
 	sleep 0.5
 	rss0=$(proc_status_kb "$pid" VmRSS)
-	env "${envs[@]}" "$IDLE_TOOL" "$IDLE_N" 32 >"$out" 2>&1 &
+	env "${envs[@]}" "$IDLE_TOOL" "$n" 32 >"$out" 2>&1 &
 	tool_pid=$!
 	PIDS+=("$tool_pid")
 	for _ in $(seq 1 1200); do
@@ -647,8 +652,8 @@ idle_measure() {
 	failed=$(printf '%s' "$line" | sed -n 's/.* failed=\([0-9]*\).*/\1/p')
 	[ -n "$line" ] || say "idle $proxy $mode: the client tool said nothing: $(tail -n 3 "$out")"
 	[ "${failed:-0}" = 0 ] || say "idle $proxy $mode: $line"
-	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$mode" "${connected:-0}" "${failed:-0}" "$rss0" "$rss1" >>"$IDLE_RAW"
-	say "idle $proxy $mode: ${connected:-0} clients, RSS $rss0 -> $rss1 kB"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$mode" "${connected:-0}" "${failed:-0}" "$rss0" "$rss1" "$pool" >>"$IDLE_RAW"
+	say "idle $proxy $mode $pool: ${connected:-0} clients, RSS $rss0 -> $rss1 kB"
 	proc_stop "$tool_pid"
 	proc_stop "$pid"
 	backends_wait
@@ -664,13 +669,17 @@ case " $CASES " in
 	proc_stop "$PGB_MAIN_PID"
 	proc_stop "$LANE_MAIN_PID"
 	backends_wait
-	for proxy in pglane pgbouncer; do
-		for mode in disable require; do
-			if [ "$mode" = require ] && [ -n "${TLS_BROKEN[$proxy]:-}" ]; then
-				printf '%s\t%s\t0\tall\t\t\n' "$proxy" "$mode" >>"$IDLE_RAW"
-				continue
-			fi
-			idle_measure "$proxy" "$mode"
+	# Session pooling: each idle client holds a server connection, so max_connections bounds them.
+	# Transaction pooling: idle clients hold none, so IDLE_TXN_N (10,000) of them.
+	for pool in session transaction; do
+		for proxy in pglane pgbouncer; do
+			for mode in disable require; do
+				if [ "$mode" = require ] && [ -n "${TLS_BROKEN[$proxy]:-}" ]; then
+					printf '%s\t%s\t0\tall\t\t\t%s\n' "$proxy" "$mode" "$pool" >>"$IDLE_RAW"
+					continue
+				fi
+				idle_measure "$proxy" "$mode" "$([ "$pool" = session ] && echo "$IDLE_N" || echo "$IDLE_TXN_N")" "$pool"
+			done
 		done
 	done
 	;;
@@ -783,12 +792,12 @@ OUT=$DATA/results.md
 	if [ -s "$IDLE_RAW" ]; then
 		echo "## Memory per idle logged-in client"
 		echo
-		echo "A fresh proxy, two warm-up logins, then \`bench/idle_clients N\` holds N logged-in idle clients (libpq, PGSSLMODE as shown); per client = VmRSS growth / clients. Every idle pglane client holds a server connection, so N is bounded by max_connections ($MAXCONN)."
+		echo "A fresh proxy, two warm-up logins, then \`bench/idle_clients N\` holds N logged-in idle clients (libpq, PGSSLMODE as shown); per client = VmRSS growth / clients. In session pooling every idle client holds a server connection, so N is bounded by max_connections ($MAXCONN); in transaction pooling (\`pool_mode = transaction\` in both proxies) idle clients hold none, and N is $IDLE_TXN_N."
 		echo
-		echo "| proxy | client TLS | clients | failed | RSS before (kB) | RSS with clients (kB) | per client |"
-		echo "|---|---|---:|---:|---:|---:|---:|"
-		while IFS=$'\t' read -r p m n f r0 r1; do
-			printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$p" "$([ "$m" = require ] && echo yes || echo no)" "$n" "$f" "$r0" "$r1" \
+		echo "| proxy | pooling | client TLS | clients | failed | RSS before (kB) | RSS with clients (kB) | per client |"
+		echo "|---|---|---|---:|---:|---:|---:|---:|"
+		while IFS=$'\t' read -r p m n f r0 r1 pool; do
+			printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$p" "$pool" "$([ "$m" = require ] && echo yes || echo no)" "$n" "$f" "$r0" "$r1" \
 				"$(awk -v a="$r0" -v b="$r1" -v n="$n" 'BEGIN { if (n > 0) printf "%.2f kB\n", (b - a) / n; else print "–" }')"
 		done <"$IDLE_RAW"
 		echo
@@ -843,12 +852,14 @@ OUT=$DATA/results.md
 	a=${CPU[4t,pglane]:-} b=${CPU[4t,pgbouncer]:-}
 	line "CPU per login with client TLS <= 1/3 x PgBouncer's (case 4t)" \
 		"pglane ${a:-?} µs, pgbouncer ${b:-?} µs (ratio $(fmt_ratio "$a" "$b"))" "$a" "$b" 0.33334 le
-	for m in disable require; do
-		a=$(awk -F'\t' -v m="$m" '$1 == "pglane" && $2 == m && $3 > 0 { printf "%.2f\n", ($6 - $5) / $3 }' "$IDLE_RAW")
-		n=$(awk -F'\t' -v m="$m" '$1 == "pglane" && $2 == m { print $3 }' "$IDLE_RAW")
-		b=$([ "$m" = disable ] && echo 2 || echo 20)
-		line "memory per idle $([ "$m" = disable ] && echo plaintext || echo TLS) client <= $b kB" \
-			"pglane ${a:-?} kB per client over ${n:-0} clients" "$a" "$b" 1 le
+	for pool in session transaction; do
+		for m in disable require; do
+			a=$(awk -F'\t' -v m="$m" -v p="$pool" '$1 == "pglane" && $2 == m && $7 == p && $3 > 0 { printf "%.2f\n", ($6 - $5) / $3 }' "$IDLE_RAW")
+			n=$(awk -F'\t' -v m="$m" -v p="$pool" '$1 == "pglane" && $2 == m && $7 == p { print $3 }' "$IDLE_RAW")
+			b=$([ "$m" = disable ] && echo 2 || echo 20)
+			line "memory per idle $([ "$m" = disable ] && echo plaintext || echo TLS) client <= $b kB ($pool pooling)" \
+				"pglane ${a:-?} kB per client over ${n:-0} clients" "$a" "$b" 1 le
+		done
 	done
 	for what in avg p99; do
 		if [ "$what" = avg ]; then
