@@ -28,7 +28,7 @@
 #   BENCH_WARMUP=2         seconds of unmeasured warm-up per target before each case's rounds (0: none)
 #   BENCH_SCALE=10         pgbench -i scale
 #   BENCH_JOBS=2           pgbench -j for the multi-client cases
-#   BENCH_CASES="1 1t 2 3 4 4t 5 idle"   which cases to run
+#   BENCH_CASES="1 1t 2 3 4 4t 5 6 idle"   which cases to run (6: transaction pooling)
 #   BENCH_MAX_CONNECTIONS=600   PostgreSQL max_connections (256 clients + PgBouncer's pool + idle test)
 #   BENCH_IDLE_CLIENTS     idle clients per session-pooling memory measurement (default: max_connections
 #                          - 50, since each then holds a server connection)
@@ -172,7 +172,7 @@ ROUNDS=${BENCH_ROUNDS:-2}
 WARMUP=${BENCH_WARMUP:-2}
 SCALE=${BENCH_SCALE:-10}
 JOBS=${BENCH_JOBS:-2}
-CASES=${BENCH_CASES:-1 1t 2 3 4 4t 5 idle}
+CASES=${BENCH_CASES:-1 1t 2 3 4 4t 5 6 idle}
 MAXCONN=${BENCH_MAX_CONNECTIONS:-600}
 IDLE_N=${BENCH_IDLE_CLIENTS:-$((MAXCONN - 50))}
 IDLE_TXN_N=${BENCH_IDLE_TXN_CLIENTS:-10000}
@@ -331,7 +331,7 @@ auth_type = scram-sha-256
 auth_file = $PGB_DIR/userlist.txt
 pool_mode = ${PGB_POOL_MODE:-session}
 max_client_conn = 20000
-default_pool_size = 300
+default_pool_size = ${PGB_POOL_SIZE:-300}
 server_tls_sslmode = disable
 client_tls_sslmode = allow
 client_tls_key_file = $PGB_DIR/server.key
@@ -385,6 +385,7 @@ tls_key = $CERTS/server.key
 ${BENCH_PGLANE_WORKERS:+workers = $BENCH_PGLANE_WORKERS}
 kernel_relay = $KRELAY
 pool_mode = ${LANE_POOL_MODE:-session}
+pool_size = ${LANE_POOL_SIZE:-20}
 
 [instance main]
 url = postgresql://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres?sslmode=disable
@@ -422,12 +423,40 @@ ENV_direct=(PGHOST=127.0.0.1 "PGPORT=$PG_PORT" PGUSER=postgres "PGPASSWORD=$PG_P
 ENV_pgbouncer=(PGHOST=127.0.0.1 "PGPORT=$PGB_PORT" PGUSER=postgres "PGPASSWORD=$PG_PASSWORD" "PGDATABASE=$DB")
 [ "$(env "${ENV_pglane[@]}" printenv PGDATABASE)" = "$DB" ] || die "pglane routes bench/production elsewhere"
 
+# Case 6 runs against a second PgBouncer and a second pglane, both in transaction pooling with 16 server
+# connections (pglane's pool_size, PgBouncer's default_pool_size).
+TXN_POOL=16
+if [[ " $CASES " == *" 6 "* ]]; then
+	PGB_TXN_PORT='' LANE_TXN_PORT=''
+	free_port_var PGB_TXN_PORT && free_port_var LANE_TXN_PORT || die "free_port"
+	PGB_POOL_MODE=transaction PGB_POOL_SIZE=$TXN_POOL pgb_start "$PGB_TXN_PORT"
+	PGB_TXN_PID=$PGB_PID
+	LANE_POOL_MODE=transaction LANE_POOL_SIZE=$TXN_POOL lane_conf "$LANE_TXN_PORT" "$DATA/pglane-txn.ini"
+	pglane_start "$DATA/pglane-txn.ini" "$LANE_TXN_PORT" || die "pglane (transaction pooling) did not start"
+	LANE_TXN_PID=$PGLANE_PID
+	# shellcheck disable=SC2034 # read through ENV_${target}[@]
+	ENV_pglane_txn=("${ENV_pglane[@]/#PGPORT=*/PGPORT=$LANE_TXN_PORT}")
+	# shellcheck disable=SC2034
+	ENV_pgbouncer_txn=("${ENV_pgbouncer[@]/#PGPORT=*/PGPORT=$PGB_TXN_PORT}")
+fi
+
 # target_pid TARGET: the proxy process to measure (none for direct).
 target_pid() {
 	case $1 in
 	pgbouncer) echo "$PGB_MAIN_PID" ;;
 	pglane) echo "$LANE_MAIN_PID" ;;
+	pgbouncer_txn) echo "$PGB_TXN_PID" ;;
+	pglane_txn) echo "$LANE_TXN_PID" ;;
 	esac
+}
+
+# case_target CASE TARGET: the process a case runs TARGET on (case 6: the transaction-pooling ones).
+case_target() {
+	if [ "$1" = 6 ] && [ "$2" != direct ]; then
+		echo "${2}_txn"
+	else
+		echo "$2"
+	fi
 }
 
 # in_target TARGET SSLMODE CMD...: runs CMD with the target's connection variables.
@@ -460,6 +489,7 @@ case_args() {
 	3) echo "-S -c 256 -j $JOBS" ;;
 	4 | 4t) echo "-S -C -c 8 -j $JOBS" ;;
 	5) echo "-S -c 1 -j 1" ;;
+	6) echo "-S -c 64 -j $JOBS" ;;
 	esac
 }
 case_mode() {
@@ -474,6 +504,7 @@ case_title() {
 	4) echo "4. \`-S -C\`: a new connection (SCRAM login) per transaction, 8 clients" ;;
 	4t) echo "4t. \`-S -C\`: a new connection (SCRAM login) per transaction, 8 clients, client TLS" ;;
 	5) echo "5. One client: latency" ;;
+	6) echo "6. \`-S\`, 64 clients, transaction pooling (both proxies: $TXN_POOL server connections)" ;;
 	esac
 }
 
@@ -481,8 +512,9 @@ case_title() {
 run_pgbench() {
 	local cs=$1 t=$2 round=$3 secs=$4 pid out c0=0 c1=0 u0=0 u1=0 hwm=0 rc tps txns lat extra=()
 	# shellcheck disable=SC2207 # word splitting of a fixed argument list is meant
-	local args=($(case_args "$cs"))
-	pid=$(target_pid "$t")
+	local args=($(case_args "$cs")) pt
+	pt=$(case_target "$cs" "$t")
+	pid=$(target_pid "$pt")
 	out=$DATA/pgbench-$cs-$t-$round.out
 	if [ "$cs" = 5 ] && [ "$round" -gt 0 ]; then
 		extra=(-l "--log-prefix=$DATA/lat/$t-$round")
@@ -499,7 +531,7 @@ run_pgbench() {
 		read -r c0 u0 < <(proc_cpu_us "$pid")
 	fi
 	m0=$(machine_busy_us)
-	in_target "$t" "$(case_mode "$cs")" pgbench -n -T "$secs" "${args[@]}" "${extra[@]}" >"$out" 2>&1
+	in_target "$pt" "$(case_mode "$cs")" pgbench -n -T "$secs" "${args[@]}" "${extra[@]}" >"$out" 2>&1
 	rc=$?
 	m1=$(machine_busy_us)
 	if [ -n "$pid" ]; then
@@ -668,6 +700,8 @@ case " $CASES " in
 	# The benchmark's proxies hold server connections (PgBouncer's pool): stop them to free the slots.
 	proc_stop "$PGB_MAIN_PID"
 	proc_stop "$LANE_MAIN_PID"
+	[ -n "${PGB_TXN_PID:-}" ] && proc_stop "$PGB_TXN_PID"
+	[ -n "${LANE_TXN_PID:-}" ] && proc_stop "$LANE_TXN_PID"
 	backends_wait
 	# Session pooling: each idle client holds a server connection, so max_connections bounds them.
 	# Transaction pooling: idle clients hold none, so IDLE_TXN_N (10,000) of them.

@@ -2,7 +2,7 @@
  * admin: the console on the virtual database "pglane", for [pglane] admin_user after SCRAM with
  * admin_password.  pglane answers simple-protocol queries itself with ordinary row sets, so psql
  * prints them:
- *   SHOW INSTANCES | APPS | DATABASES | CLIENTS | SERVERS | STATS | CONFIG | VERSION
+ *   SHOW INSTANCES | APPS | DATABASES | CLIENTS | SERVERS | POOLS | STATS | CONFIG | VERSION
  *   RELOAD, PAUSE [app], RESUME [app], KILL CLIENT id, SHUTDOWN
  * PAUSE holds new sessions (of one app, or all) after their login, before they reach an instance;
  * RESUME lets them go.  Sessions already running are not touched.
@@ -143,13 +143,36 @@ static void show_apps(struct proxy *px, struct admin_out *o)
 	admin_complete(o, "SHOW");
 }
 
-static void show_kept_server(void *arg, const char *instance, const char *dbname, uint32_t pid, bool tls, bool ready)
+static void show_kept_server(void *arg, const char *instance, const char *dbname, uint32_t pid, bool tls,
+			     const char *state)
 {
 	char spid[16];
 
 	snprintf(spid, sizeof(spid), "%u", pid);
-	const char *v[] = {NULL, instance, dbname, spid, tls ? "yes" : "no", ready ? "kept" : "resetting"};
+	const char *v[] = {NULL, instance, dbname, spid, tls ? "yes" : "no", state};
 	admin_row(arg, v, NCOLS(v));
+}
+
+static void show_pool_row(void *arg, const struct pool_info *in)
+{
+	const char *v[] = {in->instance,
+			   in->dbname,
+			   num(0, in->sessions),
+			   num(1, in->waiting),
+			   num(2, in->servers),
+			   num(3, in->idle),
+			   num(4, in->pool_size)};
+	admin_row(arg, v, NCOLS(v));
+}
+
+/* Transaction pools: one per instance, timeline database and set of startup parameters. */
+static void show_pools(struct proxy *px, struct admin_out *o)
+{
+	static const char *const cols[] = {"instance", "database", "sessions", "waiting", "servers", "idle", "pool_size"};
+
+	admin_columns(o, cols, NCOLS(cols));
+	pool_each_group(px, show_pool_row, o);
+	admin_complete(o, "SHOW");
 }
 
 static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
@@ -182,6 +205,8 @@ static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
 				continue;
 			}
 			const char *state = list ? "paused" : conn_state_str(it->state);
+			if (!list && it->txn && it->state == CONN_RELAY && !it->server && it->rs.fd < 0)
+				state = it->waiting ? "waiting" : "idle"; /* transaction pooling: no server connection now */
 			const char *v[] = {num(0, it->id),
 					   it->peer,
 					   routed ? it->route.id.app : (it->admin ? "(admin)" : NULL),
@@ -293,6 +318,11 @@ static void show_config(struct proxy *px, struct admin_out *o)
 		{"shutdown_timeout_ms", num(3, (unsigned)c->shutdown_timeout_ms)},
 		{"max_clients", num(4, (unsigned)c->max_clients)},
 		{"max_packet_size", num(5, (unsigned)c->max_packet_size)},
+		{"server_idle_timeout", num(6, (unsigned)c->server_idle_timeout_s)},
+		{"pool_mode", c->pool_mode == POOL_MODE_TRANSACTION ? "transaction" : "session"},
+		{"pool_size", num(7, (unsigned)c->pool_size)},
+		{"query_wait_timeout", num(8, (unsigned)c->query_wait_timeout_s)},
+		{"kernel_relay", c->kernel_relay == KERNEL_RELAY_ON ? "on" : c->kernel_relay == KERNEL_RELAY_AUTO ? "auto" : "off"},
 		{"tls_mode", tls[c->tls_mode]},
 		{"tls_cert", c->tls_cert},
 		{"client_ca", c->client_ca},
@@ -429,6 +459,8 @@ static void admin_query(struct conn *c, char *q, struct admin_out *o)
 			return show_clients(px, o, false);
 		if (strcmp(w[1], "servers") == 0)
 			return show_clients(px, o, true);
+		if (strcmp(w[1], "pools") == 0)
+			return show_pools(px, o);
 		if (strcmp(w[1], "stats") == 0)
 			return show_stats(px, o);
 		if (strcmp(w[1], "config") == 0)
@@ -472,7 +504,7 @@ static void admin_query(struct conn *c, char *q, struct admin_out *o)
 		return admin_complete(o, "SHUTDOWN");
 	}
 	admin_error(o, "42601",
-		    "unknown admin command; try SHOW INSTANCES|APPS|DATABASES|CLIENTS|SERVERS|STATS|CONFIG|VERSION, "
+		    "unknown admin command; try SHOW INSTANCES|APPS|DATABASES|CLIENTS|SERVERS|POOLS|STATS|CONFIG|VERSION, "
 		    "RELOAD, PAUSE [app], RESUME [app], KILL CLIENT id, SHUTDOWN");
 }
 

@@ -482,7 +482,7 @@ void pool_each(struct proxy *px, pool_each_fn *fn, void *arg)
 	struct pooled *p;
 
 	TAILQ_FOREACH(p, &px->pool, link)
-		fn(arg, p->inst->name, p->dbname, p->be_pid, p->ssl != NULL, p->ready);
+		fn(arg, p->inst->name, p->dbname, p->be_pid, p->ssl != NULL, p->g ? "idle" : p->ready ? "kept" : "resetting");
 }
 
 size_t pool_shed(struct proxy *px, const struct conf_instance *in)
@@ -587,8 +587,10 @@ static void pgroup_unwait(struct conn *c)
 
 static void pgroup_wait(struct conn *c)
 {
-	if (!c->waiting)
+	if (!c->waiting) {
 		TAILQ_INSERT_TAIL(&c->group->waiters, c, wait_link);
+		c->wait_since = c->px->clock_s;
+	}
 	c->waiting = true;
 }
 
@@ -782,4 +784,33 @@ void pool_conn_gone(struct conn *c)
 	g->nsessions--;
 	pgroup_kick(g);
 	pgroup_put(g);
+}
+
+struct group_walk {
+	pool_group_fn *fn;
+	void *arg;
+};
+
+static void pool_group_visit(void *p, void *arg)
+{
+	const struct pgroup *g = p;
+	const struct group_walk *w = arg;
+	struct pool_info in = {.instance = g->inst->name, .dbname = g->dbname, .sessions = g->nsessions,
+			       .servers = g->nserver, .pool_size = (unsigned)g->snap->conf->pool_size};
+	const struct conn *c;
+	const struct pooled *q;
+
+	TAILQ_FOREACH(c, &g->waiters, wait_link)
+		in.waiting++;
+	TAILQ_FOREACH(q, &g->idle, glink)
+		in.idle++;
+	w->fn(w->arg, &in);
+}
+
+void pool_each_group(struct proxy *px, pool_group_fn *fn, void *arg)
+{
+	struct group_walk w = {fn, arg};
+
+	if (px->pgroups)
+		OPENSSL_LH_doall_arg(px->pgroups, pool_group_visit, &w);
 }

@@ -192,6 +192,7 @@ struct conn {
 	struct txn_track tx;
 	struct evbuffer *held;        /* owned: the client's bytes waiting for a server connection */
 	uint32_t client_pid;          /* the process id the client was told (BackendKeyData) */
+	uint32_t wait_since;          /* px->clock_s when it began waiting (query_wait_timeout) */
 	TAILQ_ENTRY(conn) wait_link;  /* group->waiters */
 
 	struct autoprov *autoprov;   /* borrowed: the job this connection waits on, or NULL */
@@ -384,9 +385,18 @@ void pool_txn_attach(struct conn *c); /* the client's next transaction began (it
 void pool_conn_gone(struct conn *c);  /* conn_close(): c's slot, place in line and group go */
 void pool_sweep(struct proxy *px);
 size_t pool_shed(struct proxy *px, const struct conf_instance *in); /* closes in's kept connections */
-/* Calls fn for each kept server connection (SHOW SERVERS); ready: reset and waiting for a client. */
-typedef void pool_each_fn(void *arg, const char *instance, const char *dbname, uint32_t pid, bool tls, bool ready);
+/* Calls fn for each server connection no session holds (SHOW SERVERS); state: "kept" (reset, for the next
+ * client), "resetting", or "idle" (a transaction pool's). */
+typedef void pool_each_fn(void *arg, const char *instance, const char *dbname, uint32_t pid, bool tls,
+			  const char *state);
 void pool_each(struct proxy *px, pool_each_fn *fn, void *arg);
+/* Calls fn for each transaction pool (SHOW POOLS). */
+struct pool_info {
+	const char *instance, *dbname;
+	unsigned sessions, waiting, servers, idle, pool_size;
+};
+typedef void pool_group_fn(void *arg, const struct pool_info *in);
+void pool_each_group(struct proxy *px, pool_group_fn *fn, void *arg);
 void pool_free_all(struct proxy *px);
 
 /* relay.c, for pool.c: the server's raw socket leaves c (not closed), or a parked one joins c. */

@@ -693,6 +693,13 @@ void relay_sweep(struct proxy *px)
 			krelay_credit(c);
 		}
 		/* The clock ticks once a second, so "more than N ticks" is between N and N + 1 seconds. */
+		if (c->waiting && conf->query_wait_timeout_s > 0 &&
+		    px->clock_s - c->wait_since > (uint32_t)conf->query_wait_timeout_s) {
+			conn_fail(c, "57014", "query_wait_timeout",
+				  "canceling statement: no server connection became free within query_wait_timeout (%d s)",
+				  conf->query_wait_timeout_s);
+			continue;
+		}
 		if (c->relay_blocked & RELAY_BLOCKED_SERVER) {
 			if (px->clock_s - c->stalled_since > (uint32_t)conf->client_write_timeout_s)
 				conn_close(c, "client took nothing for client_write_timeout");

@@ -20,12 +20,16 @@ done
 
 CONF=$TMP/pglane.ini
 SECRET=$(openssl rand -hex 24)
+ADMIN_PASSWORD=$(openssl rand -hex 12)
 write_conf() {
 	cat >"$CONF" <<EOF
 [pglane]
 listen = 127.0.0.1:$LANE_PORT
 server_idle_timeout = 30
 pool_size = ${1:-2}
+query_wait_timeout = 2
+admin_user = admin
+admin_password = $ADMIN_PASSWORD
 tls_cert = $CERTS/server.crt
 tls_key = $CERTS/server.key
 log_level = debug
@@ -123,6 +127,28 @@ check_eq "a client waits for a free server connection, then runs" waited "$out"
 check "... after the busy ones finished ($((t1 - t0)) ms)" [ $((t1 - t0)) -ge 700 ]
 n=$(backends tp-production)
 check "still at most pool_size server connections ($n)" [ "$n" -le 2 ]
+
+admin() { PGPASSWORD=$ADMIN_PASSWORD psql -X -At -F ' ' -h 127.0.0.1 -p "$LANE_PORT" -U admin -d pglane -c "$1"; }
+# While both connections run long transactions, SHOW POOLS shows who waits, and query_wait_timeout (2 s)
+# ends a transaction that waits too long.
+echo "BEGIN; SELECT pg_sleep(4); COMMIT;" >&"$FD_6"
+echo "BEGIN; SELECT pg_sleep(4); COMMIT;" >&"$FD_7"
+sleep 0.3
+in_env tp --production -- psql -X -At -v VERBOSITY=verbose -c "SELECT 'never'" >"$TMP/qwt.out" 2>&1 &
+QW=$!
+sleep 0.5
+pools=$(admin "SHOW POOLS")
+check_match "SHOW POOLS: the pool's sessions, one waiting, 2 servers, none idle, pool_size 2" \
+	"^main tp-production 1[0-9] 1 2 0 2" "$pools"
+check_match "SHOW CLIENTS shows the waiting session" " waiting " "$(admin "SHOW CLIENTS")"
+t0=$(now_ms)
+wait "$QW"
+t1=$(now_ms)
+check_match "a transaction that waited past query_wait_timeout gets 57014" "FATAL:  57014: .*query_wait_timeout" \
+	"$(cat "$TMP/qwt.out")"
+check "... after 2 to 3 s ($((t1 - t0 + 500)) ms)" [ $((t1 - t0 + 500)) -ge 1900 -a $((t1 - t0 + 500)) -le 3600 ]
+sleep 3
+check_match "SHOW SERVERS lists idle pooled connections" " idle$" "$(admin "SHOW SERVERS")"
 
 # A client leaves with Terminate: its session ends, no server connection closes.
 before=$(direct "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE datname = 'tp-production'")
