@@ -684,8 +684,10 @@ bool pool_txn_park(struct conn *c)
 			return false;
 		}
 		p->fd = c->rs.fd;
-		relay_release_server(c);
+		/* Added before the session's event goes: libevent then leaves epoll's registration alone, and
+		 * a transaction costs no epoll_ctl(). */
 		event_add(p->rev, NULL);
+		relay_release_server(c);
 	} else {
 		p->bev = c->server;
 		p->ssl = c->be_ssl;
@@ -746,6 +748,8 @@ void pool_txn_attach(struct conn *c)
 		memcpy(&c->be_addr, &p->be_addr, sizeof(c->be_addr));
 		c->be_addrlen = p->be_addrlen;
 		if (p->fd >= 0) {
+			if (!(c->relay_blocked & RELAY_BLOCKED_SERVER))
+				event_add(c->rs.rev, NULL); /* first, as in pool_txn_park() */
 			event_free(p->rev);
 			p->rev = NULL;
 			p->fd = -1;

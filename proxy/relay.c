@@ -417,9 +417,11 @@ static bool relay_txn_hold(struct conn *c, const uint8_t *p, size_t n, struct ev
 		conn_close(c, "out of memory");
 		return false;
 	}
-	relay_reading(c, true, false);
 	if (!c->waiting && c->state == CONN_RELAY)
 		pool_txn_attach(c);
+	/* A parked connection was there (the usual case): relaying goes on.  Else the client waits, unread. */
+	if (c->state == CONN_CONNECT || (c->state == CONN_RELAY && c->waiting))
+		relay_reading(c, true, false);
 	return c->state == CONN_RELAY && !c->closing;
 }
 
