@@ -85,9 +85,12 @@ struct conn_login {
 	struct pgbuf params;        /* the server's ParameterStatus messages so far (pool.c) */
 };
 
-/* A plaintext side during the relay: its raw socket (relay.c). */
+/* A side during the relay on its own socket (relay.c): plaintext, or the client's TLS through SSL_read and
+ * SSL_write on the SSL its bufferevent_openssl made (which keeps owning the SSL and the socket, disabled). */
 struct relay_raw {
-	evutil_socket_t fd;   /* owned; -1 while this side is a bufferevent (or gone) */
+	evutil_socket_t fd;   /* owned (borrowed when ssl is set); -1 while this side is a bufferevent (or gone) */
+	SSL *ssl;             /* borrowed from the client's bufferevent, or NULL for plaintext */
+	bool read_wants_write; /* SSL_read asked for the socket to take bytes first */
 	struct event *rev;    /* owned: EV_READ | EV_PERSIST */
 	struct event *wev;    /* owned: EV_WRITE, pending only while out holds bytes */
 	struct evbuffer *out; /* owned: what the socket has not taken yet; NULL until first needed */

@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -239,6 +241,43 @@ static bool relay_arm_write(struct conn *c, bool client)
 	return true;
 }
 
+/* SSL_write() of n bytes (partial writes on): bytes taken, 0 when the socket is full, -1 on failure. */
+static ssize_t relay_tls_write(struct relay_raw *r, const void *p, size_t n)
+{
+	ERR_clear_error(); /* SSL_get_error() reads the queue: it must hold nothing older */
+	int k = SSL_write(r->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+
+	if (k > 0)
+		return k;
+	switch (SSL_get_error(r->ssl, k)) {
+	case SSL_ERROR_WANT_WRITE:
+	case SSL_ERROR_WANT_READ: /* a TLS 1.3 key update in flight; the read event brings it */
+		return 0;
+	default:
+		ERR_clear_error();
+		errno = EPIPE;
+		return -1;
+	}
+}
+
+/* Writes what buf holds through TLS, chunk by chunk, draining what went; -1 on failure. */
+static int relay_tls_write_buf(struct relay_raw *r, struct evbuffer *buf)
+{
+	struct evbuffer_iovec v;
+	int total = 0;
+
+	while (evbuffer_peek(buf, -1, NULL, &v, 1) > 0 && v.iov_len > 0) {
+		ssize_t k = relay_tls_write(r, v.iov_base, v.iov_len);
+		if (k < 0)
+			return -1;
+		if (k == 0)
+			break;
+		evbuffer_drain(buf, (size_t)k);
+		total += (int)k;
+	}
+	return total;
+}
+
 /* Sends what a raw side has queued.  Returns false when the socket failed (c is then closing). */
 static bool relay_raw_flush(struct conn *c, bool client)
 {
@@ -246,8 +285,8 @@ static bool relay_raw_flush(struct conn *c, bool client)
 
 	if (!r->out || evbuffer_get_length(r->out) == 0 || relay_kr_wait(c, client))
 		return true;
-	int k = evbuffer_write(r->out, r->fd);
-	if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+	int k = r->ssl ? relay_tls_write_buf(r, r->out) : evbuffer_write(r->out, r->fd);
+	if (k < 0 && (r->ssl || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))) {
 		relay_side_ended(c, client, true);
 		return false;
 	}
@@ -276,8 +315,12 @@ static bool relay_send(struct conn *c, bool to_client, const uint8_t *p, size_t 
 	bool hold = relay_kr_wait(c, to_client);
 	if (!hold && (!r->out || evbuffer_get_length(r->out) == 0)) {
 		/* Nothing queued: straight to the socket; only the rest is queued. */
-		ssize_t k = p ? send(r->fd, p, n, MSG_NOSIGNAL) : evbuffer_write(buf, r->fd);
-		if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+		ssize_t k;
+		if (r->ssl)
+			k = p ? relay_tls_write(r, p, n) : relay_tls_write_buf(r, buf);
+		else
+			k = p ? send(r->fd, p, n, MSG_NOSIGNAL) : evbuffer_write(buf, r->fd);
+		if (k < 0 && (r->ssl || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))) {
 			relay_side_ended(c, to_client, true);
 			return false;
 		}
@@ -493,14 +536,47 @@ static bool relay_client_terminates(struct conn *c, const uint8_t *p, size_t n)
 	return true;
 }
 
+/* One SSL_read() into buf: bytes, 0 at the end of the stream (close_notify, or EOF: dirty shutdowns are
+ * allowed, as PostgreSQL does), -1 with errno EAGAIN when nothing is there, or -1 on failure. */
+static ssize_t relay_tls_read(struct conn *c, struct relay_raw *r, uint8_t *buf, size_t len)
+{
+	ERR_clear_error();
+	int k = SSL_read(r->ssl, buf, (int)len);
+
+	if (k > 0)
+		return k;
+	switch (SSL_get_error(r->ssl, k)) {
+	case SSL_ERROR_WANT_READ:
+		errno = EAGAIN;
+		return -1;
+	case SSL_ERROR_WANT_WRITE: /* renegotiation is off; a key update's answer waits for room */
+		r->read_wants_write = true;
+		relay_arm_write(c, r == &c->rc);
+		errno = EAGAIN;
+		return -1;
+	case SSL_ERROR_ZERO_RETURN:
+		return 0;
+	case SSL_ERROR_SYSCALL:
+		ERR_clear_error();
+		if (errno == 0 || k == 0)
+			return 0;
+		return -1;
+	default:
+		ERR_clear_error();
+		errno = EPROTO;
+		return -1;
+	}
+}
+
 static void relay_raw_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
 	bool from_client = fd == c->rc.fd;
+	struct relay_raw *src = relay_raw_of(c, from_client);
 	uint8_t buf[RELAY_CHUNK];
 
 	for (int i = 0; i < RELAY_READS && c->state == CONN_RELAY && !c->closing; i++) {
-		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		ssize_t n = src->ssl ? relay_tls_read(c, src, buf, sizeof(buf)) : recv(fd, buf, sizeof(buf), 0);
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
 			if (n < 0)
 				log_conn(LOG_DEBUG, c, "recv from the %s: %s", from_client ? "client" : "server", strerror(errno));
@@ -521,9 +597,16 @@ static void relay_raw_read_cb(evutil_socket_t fd, short what, void *arg)
 				return;
 		}
 		unsigned blocked = from_client ? RELAY_BLOCKED_CLIENT : RELAY_BLOCKED_SERVER;
-		if ((size_t)n < sizeof(buf) || (c->relay_blocked & blocked))
+		if (c->relay_blocked & blocked)
+			return;
+		/* A TLS side reads on while OpenSSL holds decrypted or undecrypted bytes: epoll sees only the
+		 * socket.  Otherwise a short read emptied the socket, and epoll says when more comes. */
+		if (src->ssl ? !SSL_has_pending(src->ssl) && (size_t)n < sizeof(buf) : (size_t)n < sizeof(buf))
 			return;
 	}
+	if (src->ssl && SSL_has_pending(src->ssl) && c->state == CONN_RELAY && !c->closing &&
+	    !(c->relay_blocked & (from_client ? RELAY_BLOCKED_CLIENT : RELAY_BLOCKED_SERVER)))
+		event_active(src->rev, EV_READ, 0); /* the rest on the next turn, after other sessions */
 }
 
 static void relay_raw_write_cb(evutil_socket_t fd, short what, void *arg)
@@ -533,6 +616,13 @@ static void relay_raw_write_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (c->state == CONN_CLOSED || !relay_raw_flush(c, to_client))
 		return;
+	struct relay_raw *r = relay_raw_of(c, to_client);
+	if (r->read_wants_write) {
+		r->read_wants_write = false;
+		relay_raw_read_cb(r->fd, EV_READ, c);
+		if (c->state == CONN_CLOSED)
+			return;
+	}
 	/* Closing by flushing one side (to_client: the server ended; else the client did): done once it is. */
 	if (relay_pending(c, to_client) == 0 && c->closing && to_client != c->flush_server) {
 		conn_close(c, c->close_reason);
@@ -617,6 +707,38 @@ static bool relay_go_raw(struct conn *c, bool client, struct evbuffer *leftover)
 	return true;
 }
 
+/*
+ * The client's TLS leaves its bufferevent_openssl for SSL_read()/SSL_write() on the socket: one write per
+ * message instead of a write event added and removed around each (two epoll_ctl() and a loop turn), and
+ * one read instead of a header and a body read (read-ahead).  The bufferevent stays, disabled, owning the
+ * SSL and the socket; what it had read goes to leftover, what it had yet to write is queued here.
+ */
+static bool relay_go_tls(struct conn *c, struct evbuffer *leftover)
+{
+	struct relay_raw *r = &c->rc;
+	SSL *ssl = bufferevent_openssl_get_ssl(c->client);
+	struct evbuffer *bout = bufferevent_get_output(c->client);
+
+	if (!ssl)
+		return false;
+	bufferevent_disable(c->client, EV_READ | EV_WRITE);
+	r->fd = bufferevent_getfd(c->client);
+	r->ssl = ssl;
+	SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+	SSL_set_read_ahead(ssl, 1);
+	SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF); /* a client that closes without close_notify just ends */
+	if (!(r->rev = event_new(c->px->base, r->fd, EV_READ | EV_PERSIST, relay_raw_read_cb, c)))
+		return false;
+	if (evbuffer_get_length(bout) > 0) {
+		if (!(r->out = evbuffer_new()))
+			return false;
+		evbuffer_unfreeze(bout, 1);
+		evbuffer_add_buffer(r->out, bout);
+	}
+	evbuffer_add_buffer(leftover, bufferevent_get_input(c->client));
+	return true;
+}
+
 void relay_start(struct conn *c)
 {
 	struct evbuffer *from_client = evbuffer_new(), *from_server = evbuffer_new();
@@ -633,14 +755,15 @@ void relay_start(struct conn *c)
 	c->timer = NULL;
 	pool_session_starts(c);
 	conn_login_done(c);
-	if (!from_client || !from_server || (!c->client_tls && !relay_go_raw(c, true, from_client)) ||
+	if (!from_client || !from_server ||
+	    (c->client_tls ? !relay_go_tls(c, from_client) : !relay_go_raw(c, true, from_client)) ||
 	    (c->server && !c->be_ssl && c->rs.fd < 0 && !relay_go_raw(c, false, from_server))) {
 		conn_close(c, "out of memory");
 		goto out;
 	}
 	/* Both sides quiet (the client waits for the ReadyForQuery below, the server has sent it) and plaintext:
 	 * the kernel may take the session over.  The ReadyForQuery goes out only after. */
-	if (c->px->kr && c->snap->conf->kernel_relay != KERNEL_RELAY_OFF && !c->txn && c->rc.fd >= 0 && c->rs.fd >= 0 &&
+	if (c->px->kr && c->snap->conf->kernel_relay != KERNEL_RELAY_OFF && !c->txn && c->rc.fd >= 0 && !c->rc.ssl && c->rs.fd >= 0 &&
 	    evbuffer_get_length(from_client) == 0 && evbuffer_get_length(from_server) == 0 && krelay_attach(c) &&
 	    c->rc.out) {
 		int k = evbuffer_write(c->rc.out, c->rc.fd);
@@ -652,6 +775,8 @@ void relay_start(struct conn *c)
 		struct bufferevent *b = relay_bev_of(c, client);
 		if (r->fd >= 0) {
 			event_add(r->rev, NULL);
+			if (r->ssl && SSL_has_pending(r->ssl)) /* read by OpenSSL during the login */
+				event_active(r->rev, EV_READ, 0);
 			if (r->out && evbuffer_get_length(r->out) > 0 && !relay_arm_write(c, client))
 				goto out;
 		} else if (b) { /* (a transaction-mode session may start without a server connection) */
@@ -746,7 +871,7 @@ static void relay_raw_free(struct relay_raw *r, bool keep_fd)
 		event_free(r->wev);
 	if (r->out)
 		evbuffer_free(r->out);
-	if (r->fd >= 0 && !keep_fd)
+	if (r->fd >= 0 && !keep_fd && !r->ssl) /* a TLS side's socket is its bufferevent's */
 		evutil_closesocket(r->fd);
 	memset(r, 0, sizeof(*r));
 	r->fd = -1;
