@@ -228,6 +228,18 @@ out=$(in_env tp --production -- env PGSSLMODE=verify-full PGSSLROOTCERT="$TEST_C
 	psql -X -At -c "SELECT 'tls ' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()" -c "SELECT 2")
 check_eq "a TLS client through transaction pooling (two statements)" "tls false
 2" "$out"
+# Large streams both ways through the client's TLS relay (SSL_read/SSL_write, partial writes), byte for byte.
+BIGQ="SELECT i, repeat(md5(i::text), 40) FROM generate_series(1, 12000) i" # about 16 MB
+want=$(direct "$BIGQ" | md5sum)
+for app in tp ts; do
+	got=$(in_env "$app" --production -- env PGSSLMODE=require psql -X -At -c "$BIGQ" | md5sum)
+	check_eq "a 16 MB result over client TLS arrives byte for byte ($app)" "$want" "$got"
+done
+seq 1 300000 | sed 's/$/	some text to make the rows longer than a number/' >"$TMP/big.tsv"
+q tp -c "CREATE TABLE IF NOT EXISTS big (id int, t text)" >/dev/null
+in_env tp --production -- env PGSSLMODE=require psql -X -At -c "\copy big FROM '$TMP/big.tsv'" >/dev/null
+check_eq "a 15 MB COPY FROM STDIN over client TLS lands whole" "300000 $(md5sum <"$TMP/big.tsv" | cut -c1-32)" \
+	"$(q tp -c "SELECT count(*) || ' ' || md5(string_agg(id || E'\t' || t || E'\n', '' ORDER BY id)) FROM big")"
 in_env tp --production -- env PGSSLMODE=require pgbench -n -c 4 -j 2 -t 200 -S >"$TMP/bench.tls" 2>&1
 check "pgbench -S -c 4 over client TLS without a failure" grep -q "number of failed transactions: 0" \
 	"$TMP/bench.tls"
