@@ -606,6 +606,10 @@ static void pgroup_kick(struct pgroup *g)
 	g->refs++;
 	for (c = TAILQ_FIRST(&g->waiters); c; c = next) {
 		next = TAILQ_NEXT(c, wait_link);
+		if (c->closing || c->state == CONN_CLOSED) { /* ending: a connection now would serve no one */
+			pgroup_unwait(c);
+			continue;
+		}
 		if (c->state == CONN_CONNECT) {
 			if (!g->params && g->nserver > 0)
 				continue;
@@ -640,6 +644,10 @@ enum pool_login pool_txn_login(struct conn *c)
 	struct pgroup *g = c->group;
 
 	if (g->params) {
+		if (c->holds_slot) { /* a retry whose group has learned its parameters meanwhile */
+			c->holds_slot = false;
+			g->nserver--;
+		}
 		c->be_params = g->params;
 		g->params->refs++;
 		c->be_pid = c->be_key = 0;

@@ -65,9 +65,12 @@ static void relay_reading(struct conn *c, bool client, bool on)
 	struct relay_raw *r = relay_raw_of(c, client);
 	struct bufferevent *b = relay_bev_of(c, client);
 
-	if (r->fd >= 0)
+	if (r->fd >= 0) {
 		on ? event_add(r->rev, NULL) : event_del(r->rev);
-	else if (b)
+		/* OpenSSL may hold bytes it has read already (read-ahead): epoll will not say so. */
+		if (on && r->ssl && SSL_has_pending(r->ssl))
+			event_active(r->rev, EV_READ, 0);
+	} else if (b)
 		on ? bufferevent_enable(b, EV_READ) : bufferevent_disable(b, EV_READ);
 }
 
@@ -251,7 +254,7 @@ static ssize_t relay_tls_write(struct relay_raw *r, const void *p, size_t n)
 		return k;
 	switch (SSL_get_error(r->ssl, k)) {
 	case SSL_ERROR_WANT_WRITE:
-	case SSL_ERROR_WANT_READ: /* a TLS 1.3 key update in flight; the read event brings it */
+	case SSL_ERROR_WANT_READ: /* renegotiation only, which is off: not expected; the bytes wait queued */
 		return 0;
 	default:
 		ERR_clear_error();
@@ -363,6 +366,9 @@ static void txn_on_header(struct txn_track *t, int side)
 	if (side == 1)
 		return;
 	switch (type) {
+	case 'X': /* Terminate: the server process ends; its connection must never go back to the pool */
+		t->lost = true;
+		break;
 	case 'Q': /* Query */
 	case 'F': /* FunctionCall */
 		t->owed++;
@@ -452,7 +458,8 @@ static bool relay_txn_hold(struct conn *c, const uint8_t *p, size_t n, struct ev
 	size_t len = p ? n : evbuffer_get_length(buf);
 
 	if ((!c->held || evbuffer_get_length(c->held) == 0) && len == sizeof(terminate) &&
-	    memcmp(p ? p : (evbuffer_copyout(buf, head, 5) == 5 ? head : (const uint8_t *)""), terminate, 5) == 0) {
+	    (p || evbuffer_copyout(buf, head, sizeof(head)) == (ev_ssize_t)sizeof(head)) &&
+	    memcmp(p ? p : head, terminate, sizeof(terminate)) == 0) {
 		conn_close(c, "client closed the connection");
 		return false;
 	}
@@ -492,6 +499,8 @@ void relay_txn_resume(struct conn *c)
 		bufferevent_setcb(c->server, relay_read_cb, relay_drained_cb, relay_event_cb, c);
 		bufferevent_setwatermark(c->server, EV_WRITE, 0, 0);
 		bufferevent_enable(c->server, EV_WRITE | (read_server ? EV_READ : 0));
+		if (!read_server)
+			bufferevent_disable(c->server, EV_READ);
 	}
 	bool ok = true;
 	if (from_server) { /* a server says nothing after ReadyForQuery; should it, the client hears it */
@@ -501,8 +510,10 @@ void relay_txn_resume(struct conn *c)
 	}
 	if (ok && c->held && evbuffer_get_length(c->held) > 0)
 		ok = relay_send(c, false, NULL, 0, c->held);
-	if (ok && c->state == CONN_RELAY && !c->closing)
+	if (ok && c->state == CONN_RELAY && !c->closing) {
 		relay_reading(c, true, !(c->relay_blocked & RELAY_BLOCKED_CLIENT));
+		relay_txn_settle(c); /* what it sent may ask for no answer (a stray CopyData) */
+	}
 }
 
 /* Every relayed byte passes here: transaction pooling follows the messages, and holds what the client
@@ -560,6 +571,8 @@ static ssize_t relay_tls_read(struct conn *c, struct relay_raw *r, uint8_t *buf,
 		ERR_clear_error();
 		if (errno == 0 || k == 0)
 			return 0;
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			errno = EPIPE; /* left over from earlier: OpenSSL says WANT_READ for a would-block */
 		return -1;
 	default:
 		ERR_clear_error();
@@ -617,7 +630,8 @@ static void relay_raw_write_cb(evutil_socket_t fd, short what, void *arg)
 	if (c->state == CONN_CLOSED || !relay_raw_flush(c, to_client))
 		return;
 	struct relay_raw *r = relay_raw_of(c, to_client);
-	if (r->read_wants_write) {
+	unsigned blocked = to_client ? RELAY_BLOCKED_CLIENT : RELAY_BLOCKED_SERVER;
+	if (r->read_wants_write && !c->waiting && c->state == CONN_RELAY && !(c->relay_blocked & blocked)) {
 		r->read_wants_write = false;
 		relay_raw_read_cb(r->fd, EV_READ, c);
 		if (c->state == CONN_CLOSED)
@@ -674,8 +688,10 @@ static void relay_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (c->state == CONN_CLOSED || c->closing)
 		return;
-	if (bev == c->server)
+	if (bev == c->server) {
+		c->tx.lost = true; /* the connection is gone: what it said last is delivered, it is not pooled */
 		relay_read_cb(bev, c);
+	}
 	relay_side_ended(c, bev == c->client, !(what & BEV_EVENT_EOF));
 }
 

@@ -219,6 +219,18 @@ out=$(in_env tp --production -- "$PQPROBE" --timeout 20 --cancel-after 300 "" "S
 check_match "cancel reaches the running transaction's server" '^SQLSTATE 57014' "$out"
 check_eq "the session goes on after the cancel" ok "$(q tp -c "SELECT 'ok'")"
 
+# A client that sends its query and Terminate at once and leaves: the server process exits with it, so its
+# connection must not go back to the pool for the next client (of the same pool: pqprobe's, both ways).
+for i in 1 2 3; do
+	in_env tp --production -- "$PQPROBE" --fire "" "SELECT pg_sleep(0.2)" >/dev/null 2>&1
+done
+sleep 0.5
+ok_n=0
+for i in $(seq 1 6); do
+	[ "$(in_env tp --production -- "$PQPROBE" "" "SELECT 'alive'" 2>&1)" = alive ] && ok_n=$((ok_n + 1))
+done
+check_eq "after clients that left with Terminate mid-query, every next client is served" 6 "$ok_n"
+
 # ---------------------------------------------------------------- TLS toward the instance, client TLS
 check_eq "transaction pooling over TLS to the instance" tpt-production "$(q tpt -c "SELECT current_database()")"
 p1=$(q tpt -c "SELECT pg_backend_pid()")
