@@ -355,7 +355,11 @@ ticks2=$(cpu_ticks)
 cpu_known=$(((ticks_known - ticks0) * 1000 / hz)) cpu_unknown=$(((ticks2 - ticks1) * 1000 / hz))
 note "answers to the $NEW startups naming new branches of demo: $(cat "$TMP"/derive.* | sort | uniq -c | paste -sd ',' -)"
 note "answers to the $NEW naming branches of an unknown app: $(cat "$TMP"/mock.* | sort | uniq -c | paste -sd ',' -)"
-if [ "$cpu_known" -le $((2 * cpu_unknown + 30)) ]; then
+if [ -n "${ASAN_OPTIONS:-}" ]; then
+	# Under the sanitizers pglane's own code runs several times slower and OpenSSL's PBKDF2 does not, so
+	# the two paths' CPU no longer compares (measured 950 to 1300 ms against 450); `make test` holds the bound.
+	note "sanitizer build: $NEW startups for an existing app took $cpu_known ms of pglane CPU, for an unknown app $cpu_unknown ms (not compared)"
+elif [ "$cpu_known" -le $((2 * cpu_unknown + 30)) ]; then
 	ok "$NEW startups naming new branches of an existing app cost no more CPU ($cpu_known ms) than for an unknown app ($cpu_unknown ms)"
 else
 	fail "$NEW startups naming new branches of an existing app cost no more CPU than for an unknown app" \
