@@ -388,7 +388,7 @@ static void be_on_login(struct conn *c, struct evbuffer *in)
 				bufferevent_write(c->client, p, total);
 			evbuffer_drain(in, total);
 			c->be_phase = BE_READY;
-			c->px->stats.routed++;
+			c->px->stats.routed += !c->reopen; /* a session's new server connection is no new routing */
 			struct inst_live *l = inst_live_get(c->px, c->inst->name);
 			if (l) {
 				l->seen = l->reachable = true;

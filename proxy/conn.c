@@ -65,6 +65,12 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 			  c->route.dbname);
 		return;
 	}
+	if (c->state == CONN_CONNECT && c->waiting) { /* transaction pooling: the pool's first login never ended */
+		conn_fail(c, "08001", "connect timeout",
+			  "no server connection for this login within connect_timeout (%d ms): the first login to "
+			  "database \"%s\" is still under way", c->snap->conf->connect_timeout_ms, c->route.dbname);
+		return;
+	}
 	if (c->state == CONN_CONNECT) {
 		const struct conf_instance *in = c->inst;
 		conn_fail(c, "08001", "connect timeout",

@@ -95,6 +95,43 @@ static void metrics_clients(struct proxy *px, struct evbuffer *b, uint64_t *byte
 	free(n);
 }
 
+/* Transaction pools: one line per pool and gauge. */
+struct metrics_pools {
+	struct evbuffer *b;
+	int field; /* 0 sessions, 1 waiting, 2 servers, 3 idle */
+};
+
+static void metrics_pool_row(void *arg, const struct pool_info *in)
+{
+	const struct metrics_pools *m = arg;
+	static const char *const names[] = {"pglane_pool_sessions", "pglane_pool_waiting", "pglane_pool_servers",
+					    "pglane_pool_idle"};
+	unsigned v[] = {in->sessions, in->waiting, in->servers, in->idle};
+
+	evbuffer_add_printf(m->b, "%s{instance=\"", names[m->field]);
+	metrics_label(m->b, in->instance);
+	evbuffer_add_printf(m->b, "\",database=\"");
+	metrics_label(m->b, in->dbname);
+	evbuffer_add_printf(m->b, "\"} %u\n", v[m->field]);
+}
+
+static void metrics_pools(struct proxy *px, struct evbuffer *b)
+{
+	static const char *const help[] = {
+	    "pglane_pool_sessions Sessions of a transaction pool (pool_mode = transaction).",
+	    "pglane_pool_waiting Sessions of a transaction pool waiting for a server connection.",
+	    "pglane_pool_servers Server connections of a transaction pool: in a transaction, idle or logging in.",
+	    "pglane_pool_idle Server connections of a transaction pool between transactions."};
+
+	for (int f = 0; f < 4; f++) {
+		struct metrics_pools m = {b, f};
+		char name[64];
+		snprintf(name, sizeof(name), "%.*s", (int)strcspn(help[f], " "), help[f]);
+		evbuffer_add_printf(b, "# HELP %s\n# TYPE %s gauge\n", help[f], name);
+		pool_each_group(px, metrics_pool_row, &m);
+	}
+}
+
 static void metrics_cb(struct evhttp_request *req, void *arg)
 {
 	struct proxy *px = arg;
@@ -137,6 +174,7 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	evbuffer_add_printf(b, "# HELP pglane_server_connections_idle Server connections waiting for a client.\n"
 			       "# TYPE pglane_server_connections_idle gauge\npglane_server_connections_idle %zu\n",
 			    px->npooled);
+	metrics_pools(px, b);
 	evbuffer_add_printf(b, "# HELP pglane_reloads_total Configuration reloads by result.\n"
 			       "# TYPE pglane_reloads_total counter\n"
 			       "pglane_reloads_total{result=\"ok\"} %llu\npglane_reloads_total{result=\"rejected\"} %llu\n",

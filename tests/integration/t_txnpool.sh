@@ -12,8 +12,9 @@ set -u
 [ -x "$PGLANE" ] || bail "$PGLANE is not built (make pglane)"
 certs_make || bail "certs_make"
 pg_start main || bail "pg_start main"
-LANE_PORT=''
+LANE_PORT='' HTTP_PORT=''
 free_port_var LANE_PORT || bail "free_port"
+free_port_var HTTP_PORT || bail "free_port"
 for db in tp-production tp-preview tpt-production ts-production; do
 	pg_createdb main "$db" >/dev/null || bail "createdb $db"
 done
@@ -28,6 +29,7 @@ listen = 127.0.0.1:$LANE_PORT
 server_idle_timeout = 30
 pool_size = ${1:-2}
 query_wait_timeout = 2
+http_listen = 127.0.0.1:$HTTP_PORT
 admin_user = admin
 admin_password = $ADMIN_PASSWORD
 tls_cert = $CERTS/server.crt
@@ -141,6 +143,10 @@ pools=$(admin "SHOW POOLS")
 check_match "SHOW POOLS: the pool's sessions, one waiting, 2 servers, none idle, pool_size 2" \
 	"^main tp-production 1[0-9] 1 2 0 2" "$pools"
 check_match "SHOW CLIENTS shows the waiting session" " waiting " "$(admin "SHOW CLIENTS")"
+node "$NODE_DIR/httpget.js" "http://127.0.0.1:$HTTP_PORT/metrics" "$TMP/metrics" >/dev/null 2>&1
+check_match "/metrics: the pool's waiting session and its 2 server connections" \
+	"pglane_pool_waiting\{instance=\"main\",database=\"tp-production\"\} 1 pglane_pool_servers\{instance=\"main\",database=\"tp-production\"\} 2" \
+	"$(grep -E '^pglane_pool_(waiting|servers)\{instance="main",database="tp-production"\} [12]$' "$TMP/metrics" | paste -sd ' ' -)"
 t0=$(now_ms)
 wait "$QW"
 t1=$(now_ms)
