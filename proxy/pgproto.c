@@ -266,3 +266,72 @@ const char *pg_error_field(const uint8_t *body, size_t len, char code)
 	}
 	return NULL;
 }
+
+/* ---------------------------------------------------------------- transaction pooling's framing */
+
+/* A message header from side (0: the client, 1: the server) is complete: what it means for the transaction. */
+static void txn_on_header(struct pg_txn *t, int side)
+{
+	uint8_t type = t->hdr[side][0];
+	uint32_t len = pg_get_u32(t->hdr[side] + 1);
+
+	t->have[side] = 0;
+	if (len < 4 || (side == 1 && type == PG_MSG_READY_FOR_QUERY && len != 5)) {
+		t->lost = true;
+		return;
+	}
+	t->type[side] = type;
+	t->left[side] = len - 4;
+	if (side == 1)
+		return;
+	switch (type) {
+	case 'X': /* Terminate: the server process ends; its connection must never go back to the pool */
+		t->lost = true;
+		break;
+	case 'Q': /* Query */
+	case 'F': /* FunctionCall */
+		t->owed++;
+		break;
+	case 'S': /* Sync */
+		t->owed++;
+		t->batch = false;
+		break;
+	case 'P': /* Parse, Bind, Describe, Execute, Close, Flush: a batch the server holds until its Sync */
+	case 'B':
+	case 'D':
+	case 'E':
+	case 'C':
+	case 'H':
+		t->batch = true;
+		break;
+	}
+}
+
+void pg_txn_scan(struct pg_txn *t, int side, const uint8_t *p, size_t n)
+{
+	while (n > 0 && !t->lost) {
+		if (t->left[side] > 0) {
+			if (side == 1 && t->type[1] == PG_MSG_READY_FOR_QUERY) {
+				t->status = (char)p[0]; /* the only byte of its body */
+				t->owed -= t->owed > 0;
+			}
+			size_t k = n < t->left[side] ? n : t->left[side];
+			p += k, n -= k;
+			t->left[side] -= (uint32_t)k;
+			continue;
+		}
+		size_t k = 5 - t->have[side];
+		k = n < k ? n : k;
+		memcpy(t->hdr[side] + t->have[side], p, k);
+		t->have[side] += (uint8_t)k;
+		p += k, n -= k;
+		if (t->have[side] == 5)
+			txn_on_header(t, side);
+	}
+}
+
+bool pg_txn_idle(const struct pg_txn *t)
+{
+	return !t->lost && t->owed == 0 && !t->batch && t->status == 'I' && t->left[0] == 0 && t->have[0] == 0 &&
+	       t->left[1] == 0 && t->have[1] == 0;
+}

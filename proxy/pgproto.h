@@ -116,4 +116,26 @@ static inline uint32_t pg_get_u32(const uint8_t *p)
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/*
+ * Transaction pooling's view of a session: where each direction stands in its messages (headers only; bodies
+ * are stepped over), and what the server still owes.  Side 0 is the client's bytes, side 1 the server's.
+ */
+struct pg_txn {
+	uint32_t left[2];  /* bytes of the current message's body still to come */
+	uint8_t hdr[2][5]; /* a message header being gathered */
+	uint8_t have[2];   /* bytes of it so far */
+	uint8_t type[2];   /* the current message's type */
+	uint32_t owed;     /* Query, FunctionCall and Sync messages not yet answered with ReadyForQuery */
+	bool batch;        /* extended-protocol messages sent since the last Sync */
+	bool lost;         /* a length under 4, a malformed ReadyForQuery, or a Terminate: never between
+	                    * transactions again (the server connection must not be shared) */
+	char status;       /* the last ReadyForQuery's status */
+};
+
+/* Follows n bytes of side (0 client, 1 server) through their messages. */
+void pg_txn_scan(struct pg_txn *t, int side, const uint8_t *p, size_t n);
+/* True between transactions: both streams between messages, every request answered, no extended batch
+ * open, the last ReadyForQuery idle ('I'), and nothing lost. */
+bool pg_txn_idle(const struct pg_txn *t);
+
 #endif

@@ -112,18 +112,6 @@ struct krelay_conn {
 };
 enum { KR_WRITE, KR_WAIT };
 
-/* Transaction pooling: where each direction stands in its messages, and what the server still owes. */
-struct txn_track {
-	uint32_t left[2];  /* bytes of the current message's body still to come; [0] from the client, [1] the server */
-	uint8_t hdr[2][5]; /* a message header being gathered */
-	uint8_t have[2];   /* bytes of it so far */
-	uint8_t type[2];   /* the current message's type */
-	uint32_t owed;     /* Query, FunctionCall and Sync messages the server has not answered with ReadyForQuery */
-	bool batch;        /* extended-protocol messages sent since the last Sync */
-	bool lost;         /* a length under 4: the stream cannot be framed, so the server stays with the client */
-	char status;       /* the last ReadyForQuery's status */
-};
-
 #define RELAY_BLOCKED_CLIENT 1u /* not reading the client: the server's side is full */
 #define RELAY_BLOCKED_SERVER 2u /* not reading the server: the client's side is full */
 
@@ -192,7 +180,7 @@ struct conn {
 	bool waiting;                 /* on group->waiters */
 	bool reopen;                  /* CONN_CONNECT for a new server connection in the middle of a session */
 	struct pgroup *group;         /* reference: the sessions and server connections sharing one pool */
-	struct txn_track tx;
+	struct pg_txn tx;
 	struct evbuffer *held;        /* owned: the client's bytes waiting for a server connection */
 	uint32_t client_pid;          /* the process id the client was told (BackendKeyData) */
 	uint32_t wait_since;          /* px->clock_s when it began waiting (query_wait_timeout) */

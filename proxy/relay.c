@@ -365,69 +365,7 @@ static bool relay_send(struct conn *c, bool to_client, const uint8_t *p, size_t 
 
 /* ---------------------------------------------------------------- transaction pooling */
 
-/* A message header from side (0: the client, 1: the server) is complete: what it means for the transaction. */
-static void txn_on_header(struct txn_track *t, int side)
-{
-	uint8_t type = t->hdr[side][0];
-	uint32_t len = pg_get_u32(t->hdr[side] + 1);
-
-	t->have[side] = 0;
-	if (len < 4 || (side == 1 && type == PG_MSG_READY_FOR_QUERY && len != 5)) {
-		t->lost = true;
-		return;
-	}
-	t->type[side] = type;
-	t->left[side] = len - 4;
-	if (side == 1)
-		return;
-	switch (type) {
-	case 'X': /* Terminate: the server process ends; its connection must never go back to the pool */
-		t->lost = true;
-		break;
-	case 'Q': /* Query */
-	case 'F': /* FunctionCall */
-		t->owed++;
-		break;
-	case 'S': /* Sync */
-		t->owed++;
-		t->batch = false;
-		break;
-	case 'P': /* Parse, Bind, Describe, Execute, Close, Flush: a batch the server holds until its Sync */
-	case 'B':
-	case 'D':
-	case 'E':
-	case 'C':
-	case 'H':
-		t->batch = true;
-		break;
-	}
-}
-
-/* Follows n bytes from side through their messages: only headers are read, bodies are stepped over. */
-static void txn_scan(struct txn_track *t, int side, const uint8_t *p, size_t n)
-{
-	while (n > 0 && !t->lost) {
-		if (t->left[side] > 0) {
-			if (side == 1 && t->type[1] == PG_MSG_READY_FOR_QUERY) {
-				t->status = (char)p[0]; /* the only byte of its body */
-				t->owed -= t->owed > 0;
-			}
-			size_t k = n < t->left[side] ? n : t->left[side];
-			p += k, n -= k;
-			t->left[side] -= (uint32_t)k;
-			continue;
-		}
-		size_t k = 5 - t->have[side];
-		k = n < k ? n : k;
-		memcpy(t->hdr[side] + t->have[side], p, k);
-		t->have[side] += (uint8_t)k;
-		p += k, n -= k;
-		if (t->have[side] == 5)
-			txn_on_header(t, side);
-	}
-}
-
-static void txn_scan_buf(struct txn_track *t, int side, struct evbuffer *b)
+static void txn_scan_buf(struct pg_txn *t, int side, struct evbuffer *b)
 {
 	struct evbuffer_iovec v[16];
 	struct evbuffer_ptr pos;
@@ -438,26 +376,17 @@ static void txn_scan_buf(struct txn_track *t, int side, struct evbuffer *b)
 		if (k <= 0)
 			return;
 		for (int i = 0; i < k && i < 16; i++) {
-			txn_scan(t, side, v[i].iov_base, v[i].iov_len);
+			pg_txn_scan(t, side, v[i].iov_base, v[i].iov_len);
 			done += v[i].iov_len;
 		}
 	}
 }
 
-/* Whether the server connection may go back to the group: both streams between messages, every request
- * answered, no extended-protocol batch open, outside a transaction, nothing left to send it. */
-static bool txn_settled(struct conn *c)
-{
-	const struct txn_track *t = &c->tx;
-
-	return !t->lost && t->owed == 0 && !t->batch && t->status == 'I' && t->left[0] == 0 && t->have[0] == 0 &&
-	       t->left[1] == 0 && t->have[1] == 0 && relay_pending(c, false) == 0;
-}
-
 /* The server answered: if the transaction is over, its connection goes back to the group. */
 static void relay_txn_settle(struct conn *c)
 {
-	if (!c->txn || c->state != CONN_RELAY || c->closing || (c->rs.fd < 0 && !c->server) || !txn_settled(c))
+	if (!c->txn || c->state != CONN_RELAY || c->closing || (c->rs.fd < 0 && !c->server) || !pg_txn_idle(&c->tx) ||
+	    relay_pending(c, false) > 0)
 		return;
 	if (!pool_txn_park(c))
 		return; /* out of memory: the session keeps it */
@@ -537,7 +466,7 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 {
 	if (c->txn) {
 		if (p)
-			txn_scan(&c->tx, to_client, p, n);
+			pg_txn_scan(&c->tx, to_client, p, n);
 		else
 			txn_scan_buf(&c->tx, to_client, buf);
 		if (!to_client && c->rs.fd < 0 && !c->server)

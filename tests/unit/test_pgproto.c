@@ -176,6 +176,100 @@ static void test_error_field_unterminated(void **state)
 	assert_null(pg_error_field(body, sizeof(body), 'C'));
 }
 
+/* ---------------------------------------------------------------- transaction pooling's framing */
+
+struct txn_step {
+	int side;        /* 0 client, 1 server */
+	char type;
+	const char *body; /* bytes of the body (NULL: none) */
+	size_t blen;
+	uint32_t len;    /* the length word when it must be wrong; 0: 4 + blen */
+	size_t repeat;   /* send the message this many times (0 = once) */
+};
+#define C_(t, b) {0, t, b, sizeof(b) - 1, 0, 0}
+#define S_(t, b) {1, t, b, sizeof(b) - 1, 0, 0}
+#define Z_(st) {1, 'Z', st, 1, 0, 0}
+#define END_ {-1, 0, NULL, 0, 0, 0}
+
+struct txn_case {
+	const char *name;
+	struct txn_step steps[12];
+	bool idle;
+	uint32_t owed;
+	char status;
+	bool lost;
+};
+
+static const struct txn_case txn_cases[] = {
+    {"simple query answered", {C_('Q', "SELECT 1\0"), S_('T', "xx"), S_('D', "row"), S_('C', "SELECT 1\0"), Z_("I"), END_},
+     true, 0, 'I', false},
+    {"BEGIN: inside a transaction", {C_('Q', "BEGIN\0"), S_('C', "BEGIN\0"), Z_("T"), END_}, false, 0, 'T', false},
+    {"failed transaction until ROLLBACK", {C_('Q', "SELECT 1/0\0"), S_('E', "SERROR\0\0"), Z_("E"), END_}, false, 0, 'E', false},
+    {"two pipelined queries, one answered", {C_('Q', "SELECT 1\0"), C_('Q', "SELECT 2\0"), S_('C', "x\0"), Z_("I"), END_},
+     false, 1, 'I', false},
+    {"two pipelined queries, both answered",
+     {C_('Q', "SELECT 1\0"), C_('Q', "SELECT 2\0"), Z_("I"), S_('C', "x\0"), Z_("I"), END_}, true, 0, 'I', false},
+    {"extended batch without Sync", {C_('P', "\0q\0\0\0"), C_('B', "\0\0\0\0\0\0\0"), C_('E', "\0\0\0\0\0"), END_},
+     false, 0, 'I', false},
+    {"extended batch with Sync, answered",
+     {C_('P', "\0q\0\0\0"), C_('B', "\0\0\0\0\0\0\0"), C_('E', "\0\0\0\0\0"), C_('S', ""), S_('1', ""), S_('2', ""),
+      S_('C', "x\0"), Z_("I"), END_},
+     true, 0, 'I', false},
+    {"Describe and Flush: a batch the server holds", {C_('P', "\0q\0\0\0"), C_('D', "S\0"), C_('H', ""), S_('1', ""), S_('t', "\0\0"), END_},
+     false, 0, 'I', false},
+    {"COPY FROM STDIN", {C_('Q', "COPY t FROM STDIN\0"), S_('G', "\0\0\0"), C_('d', "1\n"), C_('d', "2\n"), C_('c', ""),
+      S_('C', "COPY 2\0"), Z_("I"), END_},
+     true, 0, 'I', false},
+    {"FunctionCall answered", {C_('F', "\0\0\0\1\0\0\0\0\0\0"), S_('V', "\0\0\0\0"), Z_("I"), END_}, true, 0, 'I', false},
+    {"a large DataRow in pieces", {C_('Q', "SELECT big\0"), {1, 'D', NULL, 0, 4 + 100000, 0}, END_}, false, 1, 'I', false},
+    {"Terminate: never shared again", {C_('X', ""), END_}, false, 0, 'I', true},
+    {"client length under 4", {{0, 'Q', NULL, 0, 3, 0}, END_}, false, 0, 'I', true},
+    {"ReadyForQuery of the wrong length", {C_('Q', "x\0"), {1, 'Z', "II", 2, 0, 0}, END_}, false, 1, 'I', true},
+    {"many queries, all answered", {{0, 'Q', "x\0", 2, 0, 50}, {1, 'Z', "I", 1, 0, 50}, END_}, true, 0, 'I', false},
+};
+
+/* The bytes of one step's message (a DataRow's 100000-byte body is zeros). */
+static size_t txn_step_bytes(const struct txn_step *st, uint8_t *out, size_t cap)
+{
+	uint32_t len = st->len ? st->len : (uint32_t)(4 + st->blen);
+	size_t body = st->len ? (st->len >= 4 ? st->len - 4 : 0) : st->blen;
+	assert_true(1 + 4 + body <= cap);
+	out[0] = (uint8_t)st->type;
+	out[1] = (uint8_t)(len >> 24), out[2] = (uint8_t)(len >> 16), out[3] = (uint8_t)(len >> 8), out[4] = (uint8_t)len;
+	memset(out + 5, 0, body);
+	if (st->body)
+		memcpy(out + 5, st->body, st->blen < body ? st->blen : body);
+	return st->len && st->len < 4 ? 5 : 5 + body;
+}
+
+static void test_txn_table(void **state)
+{
+	static uint8_t buf[200000];
+
+	for (size_t i = 0; i < sizeof(txn_cases) / sizeof(txn_cases[0]); i++) {
+		const struct txn_case *tc = &txn_cases[i];
+		/* Each message whole, then each message one byte at a time: the result must not depend on how
+		 * the bytes arrive. */
+		for (int bytewise = 0; bytewise < 2; bytewise++) {
+			struct pg_txn t = {.status = 'I'};
+			for (const struct txn_step *st = tc->steps; st->side >= 0; st++) {
+				size_t n = txn_step_bytes(st, buf, sizeof(buf));
+				for (size_t r = 0; r < (st->repeat ? st->repeat : 1); r++) {
+					if (!bytewise)
+						pg_txn_scan(&t, st->side, buf, n);
+					else
+						for (size_t k = 0; k < n; k++)
+							pg_txn_scan(&t, st->side, buf + k, 1);
+				}
+			}
+			if (pg_txn_idle(&t) != tc->idle || t.owed != tc->owed || t.status != tc->status || t.lost != tc->lost)
+				fail_msg("%s (%s): idle %d owed %u status %c lost %d; want %d %u %c %d", tc->name,
+					 bytewise ? "byte by byte" : "whole", pg_txn_idle(&t), t.owed, t.status, t.lost,
+					 tc->idle, tc->owed, tc->status, tc->lost);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -186,6 +280,7 @@ int main(void)
 	    cmocka_unit_test(test_msg_framing),
 	    cmocka_unit_test(test_builders),
 	    cmocka_unit_test(test_error_field_unterminated),
+	    cmocka_unit_test(test_txn_table),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
