@@ -68,8 +68,8 @@ integration: pglane unit-bins
 	tests/run-all.sh $(BUILD) integration
 
 # The sanitizer build lives in build-asan/ with its own binary, build-asan/pglane; ./pglane is untouched.
-# It runs the integration scripts with kernel_relay = auto (where a script sets none), so that sessions to a
-# plaintext instance go through proxy/krelay.c under the sanitizers; make test runs them with the default.
+# It runs the integration scripts with kernel_relay = auto (where a script sets none): with the kernel relay
+# withdrawn (README, Limits), that checks the fallback to pglane's relay; make test runs them with the default.
 test-asan: deps
 	$(MAKE) BUILD=build-asan PGLANE_BIN=build-asan/pglane OPT="-O1 -g -fno-omit-frame-pointer" SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all" build-asan/pglane unit-bins
 	PGLANE_KERNEL_RELAY=auto PGLANE_BIN=$(CURDIR)/build-asan/pglane ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 tests/run-all.sh build-asan
