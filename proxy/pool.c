@@ -62,7 +62,7 @@ struct pooled {
  * server's ParameterStatus messages: so ten thousand idle clients cost no server connection at all.
  */
 struct pgroup {
-	unsigned long hash;
+	unsigned long hash;        /* first: pool_lh_hash() reads it */
 	struct proxy *px;
 	struct snapshot *snap; /* reference: inst points into it */
 	const struct conf_instance *inst;
@@ -84,15 +84,16 @@ struct pgroup {
 static void pool_txn_join(struct conn *c);
 
 struct params_blob {
+	unsigned long hash; /* first, as in struct pgroup: pool_lh_hash() reads it */
 	uint32_t refs;
-	unsigned long hash;
 	size_t len;
 	uint8_t data[];
 };
 
-static unsigned long blob_hash(const void *p)
+/* The hash of a params_blob or a pgroup, each of which begins with it. */
+static unsigned long pool_lh_hash(const void *p)
 {
-	return ((const struct params_blob *)p)->hash;
+	return *(const unsigned long *)p;
 }
 
 static int blob_cmp(const void *a, const void *b)
@@ -111,7 +112,7 @@ static struct params_blob *blob_get(struct proxy *px, const uint8_t *d, size_t n
 	unsigned dlen = 0;
 	struct params_blob *b, *found;
 
-	if (!px->params_blobs && !(px->params_blobs = OPENSSL_LH_new(blob_hash, blob_cmp)))
+	if (!px->params_blobs && !(px->params_blobs = OPENSSL_LH_new(pool_lh_hash, blob_cmp)))
 		return NULL;
 	/* A keyed digest would be stronger; the values come from the server, and application_name from the
 	 * client, so a collision costs a longer bucket, never a wrong answer (blob_cmp compares the bytes). */
@@ -355,6 +356,31 @@ static void pool_bev_event_cb(struct bufferevent *bev, short what, void *arg)
 	pool_free(arg, (what & BEV_EVENT_EOF) ? "the server closed the connection" : "server connection error");
 }
 
+/* What a parked connection keeps of the session it leaves: its key and the server's identity (pid, cancel
+ * key, address), with a reference to the snapshot its instance lives in. */
+static void pool_keep(struct pooled *p, struct conn *c)
+{
+	p->px = c->px;
+	p->snap = snapshot_ref(c->snap);
+	p->inst = c->inst;
+	memcpy(p->dbname, c->route.dbname, sizeof(p->dbname));
+	memcpy(p->params_digest, c->be_params_digest, sizeof(p->params_digest));
+	p->be_pid = c->be_pid;
+	p->be_key = c->be_key;
+	memcpy(&p->be_addr, &c->be_addr, sizeof(p->be_addr));
+	p->be_addrlen = c->be_addrlen;
+	p->since = c->px->clock_s;
+}
+
+/* The server's identity goes to the session that takes the parked connection. */
+static void pool_give(struct pooled *p, struct conn *c)
+{
+	c->be_pid = p->be_pid;
+	c->be_key = p->be_key;
+	memcpy(&c->be_addr, &p->be_addr, sizeof(c->be_addr));
+	c->be_addrlen = p->be_addrlen;
+}
+
 bool pool_release(struct conn *c)
 {
 	static const char discard[] = "Q\0\0\0\20DISCARD ALL"; /* length 16: 4 + 11 + NUL */
@@ -376,17 +402,8 @@ bool pool_release(struct conn *c)
 	}
 	/* The kernel relay lets the server's socket go: every byte the client sent has been answered. */
 	krelay_detach(c);
-	p->px = px;
-	p->snap = snapshot_ref(c->snap);
-	p->inst = c->inst;
-	memcpy(p->dbname, c->route.dbname, sizeof(p->dbname));
-	memcpy(p->params_digest, c->be_params_digest, sizeof(p->params_digest));
+	pool_keep(p, c);
 	pool_session_ends(c);
-	p->be_pid = c->be_pid;
-	p->be_key = c->be_key;
-	memcpy(&p->be_addr, &c->be_addr, sizeof(p->be_addr));
-	p->be_addrlen = c->be_addrlen;
-	p->since = px->clock_s;
 	bool sent;
 	if (c->rs.fd >= 0) {
 		p->fd = c->rs.fd;
@@ -439,10 +456,7 @@ bool pool_take(struct conn *c)
 	TAILQ_REMOVE(&px->pool, p, link);
 	px->npooled--;
 	c->inst = in;
-	c->be_pid = p->be_pid;
-	c->be_key = p->be_key;
-	memcpy(&c->be_addr, &p->be_addr, sizeof(c->be_addr));
-	c->be_addrlen = p->be_addrlen;
+	pool_give(p, c);
 	pool_session_ends(c);
 	c->be_params = params;
 	if (p->fd >= 0) {
@@ -512,11 +526,6 @@ void pool_free_all(struct proxy *px)
 
 /* ---------------------------------------------------------------- transaction pooling */
 
-static unsigned long pgroup_hash(const void *p)
-{
-	return ((const struct pgroup *)p)->hash;
-}
-
 static int pgroup_cmp(const void *a, const void *b)
 {
 	const struct pgroup *x = a, *y = b;
@@ -533,7 +542,7 @@ static struct pgroup *pgroup_get(struct conn *c)
 	struct proxy *px = c->px;
 	struct pgroup key = {.inst = c->inst}, *g;
 
-	if (!px->pgroups && !(px->pgroups = OPENSSL_LH_new(pgroup_hash, pgroup_cmp)))
+	if (!px->pgroups && !(px->pgroups = OPENSSL_LH_new(pool_lh_hash, pgroup_cmp)))
 		return NULL;
 	snprintf(key.dbname, sizeof(key.dbname), "%s", c->route.dbname);
 	memcpy(key.digest, c->be_params_digest, sizeof(key.digest));
@@ -675,16 +684,7 @@ bool pool_txn_park(struct conn *c)
 	if (!g || !c->holds_slot || (c->rs.fd < 0 && !(c->server && c->be_ssl)) || !(p = calloc(1, sizeof(*p))))
 		return false;
 	p->fd = -1;
-	p->px = px;
-	p->snap = snapshot_ref(c->snap);
-	p->inst = c->inst;
-	memcpy(p->dbname, c->route.dbname, sizeof(p->dbname));
-	memcpy(p->params_digest, c->be_params_digest, sizeof(p->params_digest));
-	p->be_pid = c->be_pid;
-	p->be_key = c->be_key;
-	memcpy(&p->be_addr, &c->be_addr, sizeof(p->be_addr));
-	p->be_addrlen = c->be_addrlen;
-	p->since = px->clock_s;
+	pool_keep(p, c);
 	p->ready = true;
 	if (c->rs.fd >= 0) {
 		if (!(p->rev = event_new(px->base, c->rs.fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p))) {
@@ -751,10 +751,7 @@ void pool_txn_attach(struct conn *c)
 		TAILQ_REMOVE(&px->pool, p, link);
 		TAILQ_REMOVE(&g->idle, p, glink);
 		px->npooled--;
-		c->be_pid = p->be_pid;
-		c->be_key = p->be_key;
-		memcpy(&c->be_addr, &p->be_addr, sizeof(c->be_addr));
-		c->be_addrlen = p->be_addrlen;
+		pool_give(p, c);
 		if (p->fd >= 0) {
 			if (!(c->relay_blocked & RELAY_BLOCKED_SERVER))
 				event_add(c->rs.rev, NULL); /* first, as in pool_txn_park() */
