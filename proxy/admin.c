@@ -207,6 +207,8 @@ static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
 			const char *state = list ? "paused" : conn_state_str(it->state);
 			if (!list && it->txn && it->state == CONN_RELAY && !it->server && it->rs.fd < 0)
 				state = it->waiting ? "waiting" : "idle"; /* transaction pooling: no server connection now */
+			else if (!list && it->txn && it->state == CONN_RELAY && it->tx.pinned)
+				state = "pinned"; /* it named a prepared statement: its server connection stays */
 			const char *v[] = {num(0, it->id),
 					   it->peer,
 					   routed ? it->route.id.app : (it->admin ? "(admin)" : NULL),

@@ -297,6 +297,8 @@ static void txn_on_header(struct pg_txn *t, int side)
 		t->batch = false;
 		break;
 	case 'P': /* Parse, Bind, Describe, Execute, Close, Flush: a batch the server holds until its Sync */
+		t->name_next = len > 4;
+		/* fall through */
 	case 'B':
 	case 'D':
 	case 'E':
@@ -314,6 +316,9 @@ void pg_txn_scan(struct pg_txn *t, int side, const uint8_t *p, size_t n)
 			if (side == 1 && t->type[1] == PG_MSG_READY_FOR_QUERY) {
 				t->status = (char)p[0]; /* the only byte of its body */
 				t->owed -= t->owed > 0;
+			} else if (side == 0 && t->name_next) { /* a named statement outlives the transaction */
+				t->pinned |= p[0] != 0;
+				t->name_next = false;
 			}
 			size_t k = n < t->left[side] ? n : t->left[side];
 			p += k, n -= k;
@@ -332,6 +337,6 @@ void pg_txn_scan(struct pg_txn *t, int side, const uint8_t *p, size_t n)
 
 bool pg_txn_idle(const struct pg_txn *t)
 {
-	return !t->lost && t->owed == 0 && !t->batch && t->status == 'I' && t->left[0] == 0 && t->have[0] == 0 &&
-	       t->left[1] == 0 && t->have[1] == 0;
+	return !t->lost && !t->pinned && t->owed == 0 && !t->batch && t->status == 'I' && t->left[0] == 0 &&
+	       t->have[0] == 0 && t->left[1] == 0 && t->have[1] == 0;
 }

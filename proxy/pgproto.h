@@ -129,13 +129,16 @@ struct pg_txn {
 	bool batch;        /* extended-protocol messages sent since the last Sync */
 	bool lost;         /* a length under 4, a malformed ReadyForQuery, or a Terminate: never between
 	                    * transactions again (the server connection must not be shared) */
+	bool pinned;       /* the client named a prepared statement (a Parse with a name): it lives on this
+	                    * server connection, which therefore stays with the session to its end */
+	bool name_next;    /* the next client byte is the first of a Parse's statement name */
 	char status;       /* the last ReadyForQuery's status */
 };
 
 /* Follows n bytes of side (0 client, 1 server) through their messages. */
 void pg_txn_scan(struct pg_txn *t, int side, const uint8_t *p, size_t n);
 /* True between transactions: both streams between messages, every request answered, no extended batch
- * open, the last ReadyForQuery idle ('I'), and nothing lost. */
+ * open, the last ReadyForQuery idle ('I'), nothing lost and no named prepared statement. */
 bool pg_txn_idle(const struct pg_txn *t);
 
 #endif

@@ -465,10 +465,14 @@ void relay_txn_resume(struct conn *c)
 static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf)
 {
 	if (c->txn) {
+		bool pinned = c->tx.pinned;
 		if (p)
 			pg_txn_scan(&c->tx, to_client, p, n);
 		else
 			txn_scan_buf(&c->tx, to_client, buf);
+		if (!pinned && c->tx.pinned)
+			log_conn(LOG_INFO, c, "a named prepared statement: this session keeps its server connection "
+					      "until it ends (transaction pooling)");
 		if (!to_client && c->rs.fd < 0 && !c->server)
 			return relay_txn_hold(c, p, n, buf);
 	}

@@ -216,6 +216,41 @@ const pool = new Pool({ max: 6 });
 })().catch((e) => { console.log("ERROR", e.message); process.exit(1); });
 ' 2>&1)
 	check_eq "node pg: 60 parameterized queries on 6 connections and a transaction" "3540 1" "$out"
+	# A named prepared statement lives on one server process: the session that names one keeps its server
+	# connection (SHOW CLIENTS: pinned).  Without that, the other client's BEGIN takes the connection the
+	# statement was prepared on (the warmest) and the second execution finds no such statement.
+	rm -f "$TMP/pinned.go"
+	cd "$NODE_DIR" && in_env tp --production -- env NODE_EXTRA_CA_CERTS="$TEST_CA" TMPD="$TMP" node -e '
+const { Client } = require("pg");
+const fs = require("fs");
+const q = { name: "mypid", text: "SELECT pg_backend_pid() AS pid" };
+(async () => {
+  const a = new Client(), b = new Client();
+  await a.connect(); await b.connect();
+  const p1 = (await a.query(q)).rows[0].pid;
+  await b.query("BEGIN");
+  const p2 = (await a.query(q)).rows[0].pid;
+  const other = (await b.query("SELECT pg_backend_pid() AS pid")).rows[0].pid;
+  fs.writeFileSync(process.env.TMPD + "/pinned.go", "");
+  await new Promise((r) => setTimeout(r, 1500));
+  await b.query("COMMIT");
+  console.log(p1 === p2 ? "same" : "moved", p1 !== other ? "apart" : "shared");
+  fs.writeFileSync(process.env.TMPD + "/pinned.pid", String(p1));
+  await a.end(); await b.end();
+})().catch((e) => { console.log("ERROR", e.message); process.exit(1); });
+' >"$TMP/pinned.out" 2>&1 &
+	cd "$REPO" || bail "cd"
+	for _ in $(seq 1 50); do [ -e "$TMP/pinned.go" ] && break; sleep 0.1; done
+	check_match "SHOW CLIENTS: the session that named a statement is pinned" " pinned " "$(admin "SHOW CLIENTS")"
+	wait $!
+	check_eq "node pg: a named statement runs again on its server process while another client holds a transaction" \
+		"same apart" "$(cat "$TMP/pinned.out")"
+	check "pglane logs the pinned session" grep -q "named prepared statement: this session keeps its server connection" \
+		"$PGLANE_LOG"
+	sleep 0.3
+	check_eq "the pinned server connection closes with its session (it holds the client's statements)" 0 \
+		"$(direct "SELECT count(*) FROM pg_stat_activity WHERE pid = $(cat "$TMP/pinned.pid")")"
+	check_eq "... and serves the next client" 1 "$(q tp -c "SELECT 1")"
 else
 	note "node_deps unavailable: node's pg check skipped"
 fi

@@ -198,34 +198,47 @@ struct txn_case {
 	uint32_t owed;
 	char status;
 	bool lost;
+	bool pinned;
 };
 
 static const struct txn_case txn_cases[] = {
     {"simple query answered", {C_('Q', "SELECT 1\0"), S_('T', "xx"), S_('D', "row"), S_('C', "SELECT 1\0"), Z_("I"), END_},
-     true, 0, 'I', false},
-    {"BEGIN: inside a transaction", {C_('Q', "BEGIN\0"), S_('C', "BEGIN\0"), Z_("T"), END_}, false, 0, 'T', false},
-    {"failed transaction until ROLLBACK", {C_('Q', "SELECT 1/0\0"), S_('E', "SERROR\0\0"), Z_("E"), END_}, false, 0, 'E', false},
+     true, 0, 'I', false, false},
+    {"BEGIN: inside a transaction", {C_('Q', "BEGIN\0"), S_('C', "BEGIN\0"), Z_("T"), END_}, false, 0, 'T', false, false},
+    {"failed transaction until ROLLBACK", {C_('Q', "SELECT 1/0\0"), S_('E', "SERROR\0\0"), Z_("E"), END_}, false, 0, 'E', false, false},
     {"two pipelined queries, one answered", {C_('Q', "SELECT 1\0"), C_('Q', "SELECT 2\0"), S_('C', "x\0"), Z_("I"), END_},
-     false, 1, 'I', false},
+     false, 1, 'I', false, false},
     {"two pipelined queries, both answered",
-     {C_('Q', "SELECT 1\0"), C_('Q', "SELECT 2\0"), Z_("I"), S_('C', "x\0"), Z_("I"), END_}, true, 0, 'I', false},
+     {C_('Q', "SELECT 1\0"), C_('Q', "SELECT 2\0"), Z_("I"), S_('C', "x\0"), Z_("I"), END_}, true, 0, 'I', false, false},
     {"extended batch without Sync", {C_('P', "\0q\0\0\0"), C_('B', "\0\0\0\0\0\0\0"), C_('E', "\0\0\0\0\0"), END_},
-     false, 0, 'I', false},
+     false, 0, 'I', false, false},
     {"extended batch with Sync, answered",
      {C_('P', "\0q\0\0\0"), C_('B', "\0\0\0\0\0\0\0"), C_('E', "\0\0\0\0\0"), C_('S', ""), S_('1', ""), S_('2', ""),
       S_('C', "x\0"), Z_("I"), END_},
-     true, 0, 'I', false},
+     true, 0, 'I', false, false},
     {"Describe and Flush: a batch the server holds", {C_('P', "\0q\0\0\0"), C_('D', "S\0"), C_('H', ""), S_('1', ""), S_('t', "\0\0"), END_},
-     false, 0, 'I', false},
+     false, 0, 'I', false, false},
     {"COPY FROM STDIN", {C_('Q', "COPY t FROM STDIN\0"), S_('G', "\0\0\0"), C_('d', "1\n"), C_('d', "2\n"), C_('c', ""),
       S_('C', "COPY 2\0"), Z_("I"), END_},
-     true, 0, 'I', false},
-    {"FunctionCall answered", {C_('F', "\0\0\0\1\0\0\0\0\0\0"), S_('V', "\0\0\0\0"), Z_("I"), END_}, true, 0, 'I', false},
-    {"a large DataRow in pieces", {C_('Q', "SELECT big\0"), {1, 'D', NULL, 0, 4 + 100000, 0}, END_}, false, 1, 'I', false},
-    {"Terminate: never shared again", {C_('X', ""), END_}, false, 0, 'I', true},
-    {"client length under 4", {{0, 'Q', NULL, 0, 3, 0}, END_}, false, 0, 'I', true},
-    {"ReadyForQuery of the wrong length", {C_('Q', "x\0"), {1, 'Z', "II", 2, 0, 0}, END_}, false, 1, 'I', true},
-    {"many queries, all answered", {{0, 'Q', "x\0", 2, 0, 50}, {1, 'Z', "I", 1, 0, 50}, END_}, true, 0, 'I', false},
+     true, 0, 'I', false, false},
+    {"FunctionCall answered", {C_('F', "\0\0\0\1\0\0\0\0\0\0"), S_('V', "\0\0\0\0"), Z_("I"), END_}, true, 0, 'I', false, false},
+    {"a large DataRow in pieces", {C_('Q', "SELECT big\0"), {1, 'D', NULL, 0, 4 + 100000, 0}, END_}, false, 1, 'I', false, false},
+    {"Terminate: never shared again", {C_('X', ""), END_}, false, 0, 'I', true, false},
+    {"client length under 4", {{0, 'Q', NULL, 0, 3, 0}, END_}, false, 0, 'I', true, false},
+    {"ReadyForQuery of the wrong length", {C_('Q', "x\0"), {1, 'Z', "II", 2, 0, 0}, END_}, false, 1, 'I', true, false},
+    {"many queries, all answered", {{0, 'Q', "x\0", 2, 0, 50}, {1, 'Z', "I", 1, 0, 50}, END_}, true, 0, 'I', false, false},
+    {"a named statement keeps the server connection",
+     {C_('P', "s1\0SELECT 1\0\0\0"), C_('S', ""), S_('1', ""), Z_("I"), END_}, false, 0, 'I', false, true},
+    {"... and later transactions do not free it",
+     {C_('P', "s1\0q\0\0\0"), C_('S', ""), S_('1', ""), Z_("I"), C_('Q', "SELECT 1\0"), Z_("I"), END_}, false, 0, 'I',
+      false, true},
+    {"the unnamed statement does not", {C_('P', "\0s1\0\0\0"), C_('S', ""), S_('1', ""), Z_("I"), END_}, true, 0, 'I',
+     false, false},
+    {"a named portal does not (it ends with the transaction)",
+     {C_('P', "\0q\0\0\0"), C_('B', "p1\0\0\0\0\0\0\0"), C_('E', "p1\0\0\0\0\0"), C_('S', ""), Z_("I"), END_},
+     true, 0, 'I', false, false},
+    {"a Parse without a body names nothing", {C_('P', ""), C_('Q', "x\0"), C_('S', ""), Z_("I"), Z_("I"), END_}, true, 0,
+     'I', false, false},
 };
 
 /* The bytes of one step's message (a DataRow's 100000-byte body is zeros). */
@@ -262,10 +275,11 @@ static void test_txn_table(void **state)
 							pg_txn_scan(&t, st->side, buf + k, 1);
 				}
 			}
-			if (pg_txn_idle(&t) != tc->idle || t.owed != tc->owed || t.status != tc->status || t.lost != tc->lost)
-				fail_msg("%s (%s): idle %d owed %u status %c lost %d; want %d %u %c %d", tc->name,
+			if (pg_txn_idle(&t) != tc->idle || t.owed != tc->owed || t.status != tc->status ||
+			    t.lost != tc->lost || t.pinned != tc->pinned)
+				fail_msg("%s (%s): idle %d owed %u status %c lost %d pinned %d; want %d %u %c %d %d", tc->name,
 					 bytewise ? "byte by byte" : "whole", pg_txn_idle(&t), t.owed, t.status, t.lost,
-					 tc->idle, tc->owed, tc->status, tc->lost);
+					 t.pinned, tc->idle, tc->owed, tc->status, tc->lost, tc->pinned);
 		}
 	}
 }
