@@ -124,7 +124,6 @@ struct conn *conn_new(struct proxy *px, evutil_socket_t fd, const struct sockadd
 	conn_format_peer(sa, c->peer, sizeof(c->peer));
 	c->snap = snapshot_ref(px->snap);
 	c->rc.fd = c->rs.fd = -1;
-	c->kr.pair = -1;
 	c->client = bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	c->timer = evtimer_new(px->base, conn_timer_cb, c);
 	c->lg = calloc(1, sizeof(*c->lg));

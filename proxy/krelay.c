@@ -402,12 +402,17 @@ bool krelay_attach(struct conn *c)
 
 	if (!kr || kr->nfree == 0 || fd[0] < 0 || fd[1] < 0)
 		return false;
+	if (!c->kr) { /* kept to the session's end once made: its timer may outlive the attachment */
+		if (!(c->kr = calloc(1, sizeof(*c->kr))))
+			return false;
+		c->kr->pair = -1;
+	}
 	for (int i = 0; i < 2; i++)
 		if (ioctl(fd[i], FIONREAD, &queued) < 0 || queued > 0 || !kr_cookie(fd[i], &cookie[i]))
 			return false;
 	/* e0: what each socket has been given before the kernel relays to it (kr_enqueued of the server's
 	 * socket for bytes toward the server, of the client's for bytes toward the client). */
-	if (!kr_enqueued(fd[1], &c->kr.e0[0]) || !kr_enqueued(fd[0], &c->kr.e0[1]))
+	if (!kr_enqueued(fd[1], &c->kr->e0[0]) || !kr_enqueued(fd[0], &c->kr->e0[1]))
 		return false;
 	uint32_t pair = kr->free_pairs[--kr->nfree];
 	uint32_t slot[2] = {2 * pair, 2 * pair + 1};
@@ -427,14 +432,14 @@ bool krelay_attach(struct conn *c)
 		kr->free_pairs[kr->nfree++] = pair;
 		return false;
 	}
-	c->kr.pair = (int)pair;
-	c->kr.cookie[0] = cookie[0];
-	c->kr.cookie[1] = cookie[1];
-	c->kr.seen[0] = c->kr.seen[1] = 0;
-	c->kr.ns[0] = c->kr.ns[1] = 0;
-	c->kr.user[0] = c->kr.user[1] = 0;
-	c->kr.own = c->kr.checked = 0;
-	c->kr.credited[0] = c->kr.credited[1] = 0;
+	c->kr->pair = (int)pair;
+	c->kr->cookie[0] = cookie[0];
+	c->kr->cookie[1] = cookie[1];
+	c->kr->seen[0] = c->kr->seen[1] = 0;
+	c->kr->ns[0] = c->kr->ns[1] = 0;
+	c->kr->user[0] = c->kr->user[1] = 0;
+	c->kr->own = c->kr->checked = 0;
+	c->kr->credited[0] = c->kr->credited[1] = 0;
 	return true;
 }
 
@@ -442,38 +447,38 @@ void krelay_detach(struct conn *c)
 {
 	struct krelay *kr = c->px->kr;
 
-	if (!kr || c->kr.pair < 0)
+	if (!kr || !conn_kr_on(c))
 		return;
-	uint32_t slot[2] = {2 * (uint32_t)c->kr.pair, 2 * (uint32_t)c->kr.pair + 1};
+	uint32_t slot[2] = {2 * (uint32_t)c->kr->pair, 2 * (uint32_t)c->kr->pair + 1};
 	/* Stop both directions first: whatever arrives from now on is pglane's to read (or to drop, closing). */
 	kr->st[slot[0]].mode = KR_MODE_USER;
 	kr->st[slot[1]].mode = KR_MODE_USER;
 	kr_map_delete(kr->socks, &slot[0]);
 	kr_map_delete(kr->socks, &slot[1]);
-	kr_map_delete(kr->slots, &c->kr.cookie[0]);
-	kr_map_delete(kr->slots, &c->kr.cookie[1]);
-	kr->free_pairs[kr->nfree++] = (uint32_t)c->kr.pair;
-	c->kr.pair = -1;
+	kr_map_delete(kr->slots, &c->kr->cookie[0]);
+	kr_map_delete(kr->slots, &c->kr->cookie[1]);
+	kr->free_pairs[kr->nfree++] = (uint32_t)c->kr->pair;
+	c->kr->pair = -1;
 }
 
 void krelay_refresh(struct conn *c)
 {
 	struct krelay *kr = c->px->kr;
 
-	if (!kr || c->kr.pair < 0)
+	if (!kr || !conn_kr_on(c))
 		return;
-	volatile struct kr_stat *to_server = &kr->st[2 * c->kr.pair], *to_client = to_server + 1;
+	volatile struct kr_stat *to_server = &kr->st[2 * c->kr->pair], *to_client = to_server + 1;
 	uint64_t in = to_server->bytes, out = to_client->bytes;
 	uint64_t ns_in = to_server->last_ns, ns_out = to_client->last_ns, tail = to_client->tail;
 
-	if (in == c->kr.seen[0] && out == c->kr.seen[1])
+	if (in == c->kr->seen[0] && out == c->kr->seen[1])
 		return;
-	c->bytes_in += in - c->kr.seen[0];
-	c->bytes_out += out - c->kr.seen[1];
-	c->kr.seen[0] = in;
-	c->kr.seen[1] = out;
+	c->bytes_in += in - c->kr->seen[0];
+	c->bytes_out += out - c->kr->seen[1];
+	c->kr->seen[0] = in;
+	c->kr->seen[1] = out;
 	c->last_active = c->px->clock_s;
-	if (ns_out != c->kr.ns[1]) { /* the server spoke: a boundary if it ended with ReadyForQuery */
+	if (ns_out != c->kr->ns[1]) { /* the server spoke: a boundary if it ended with ReadyForQuery */
 		uint8_t t[6]; /* the program stored them first byte lowest */
 		for (int i = 0; i < 6; i++)
 			t[i] = (uint8_t)(tail >> (8 * i));
@@ -482,10 +487,10 @@ void krelay_refresh(struct conn *c)
 	}
 	if (ns_in > ns_out)        /* the client spoke after the server's last bytes */
 		c->client_waiting = true;
-	else if (ns_out != c->kr.ns[1])
+	else if (ns_out != c->kr->ns[1])
 		c->client_waiting = !c->server_idle;
-	c->kr.ns[0] = ns_in;
-	c->kr.ns[1] = ns_out;
+	c->kr->ns[0] = ns_in;
+	c->kr->ns[1] = ns_out;
 }
 
 int krelay_may_write(struct conn *c, bool to_client)
@@ -493,9 +498,9 @@ int krelay_may_write(struct conn *c, bool to_client)
 	struct krelay *kr = c->px->kr;
 	unsigned bit = to_client ? 2u : 1u;
 
-	if (!kr || c->kr.pair < 0 || (c->kr.own & bit))
+	if (!kr || !conn_kr_on(c) || (c->kr->own & bit))
 		return KR_WRITE;
-	volatile struct kr_stat *st = &kr->st[2 * c->kr.pair + (to_client ? 1 : 0)];
+	volatile struct kr_stat *st = &kr->st[2 * c->kr->pair + (to_client ? 1 : 0)];
 	int fd = to_client ? c->rc.fd : c->rs.fd;
 	uint64_t before, after, given;
 
@@ -505,39 +510,39 @@ int krelay_may_write(struct conn *c, bool to_client)
 	if (!kr_enqueued(fd, &given))
 		return KR_WRITE; /* the socket failed: the write reports it */
 	after = st->bytes;
-	if (before != after || given != c->kr.e0[to_client] + c->kr.user[to_client] + after) {
-		c->kr.checked &= ~bit;
+	if (before != after || given != c->kr->e0[to_client] + c->kr->user[to_client] + after) {
+		c->kr->checked &= ~bit;
 		return KR_WAIT;
 	}
-	if (!(c->kr.checked & bit)) { /* once more, a tick later: no verdict is still under way */
-		c->kr.checked |= bit;
+	if (!(c->kr->checked & bit)) { /* once more, a tick later: no verdict is still under way */
+		c->kr->checked |= bit;
 		return KR_WAIT;
 	}
-	c->kr.own |= bit;
+	c->kr->own |= bit;
 	return KR_WRITE;
 }
 
 void krelay_wrote(struct conn *c, bool to_client, size_t n)
 {
-	if (c->kr.pair >= 0)
-		c->kr.user[to_client] += n;
+	if (conn_kr_on(c))
+		c->kr->user[to_client] += n;
 }
 
 void krelay_credit(struct conn *c)
 {
 	struct krelay *kr = c->px->kr;
 
-	if (!kr || c->kr.pair < 0)
+	if (!kr || !conn_kr_on(c))
 		return;
 	for (int to_client = 0; to_client < 2; to_client++) {
-		volatile struct kr_stat *st = &kr->st[2 * c->kr.pair + to_client];
+		volatile struct kr_stat *st = &kr->st[2 * c->kr->pair + to_client];
 		uint64_t bytes = st->bytes, given;
-		if ((c->kr.own & (to_client ? 2u : 1u)) || st->mode || bytes == c->kr.credited[to_client])
+		if ((c->kr->own & (to_client ? 2u : 1u)) || st->mode || bytes == c->kr->credited[to_client])
 			continue;
 		if (!kr_enqueued(to_client ? c->rc.fd : c->rs.fd, &given))
 			continue;
-		c->kr.credited[to_client] = bytes;
-		uint64_t base = c->kr.e0[to_client] + c->kr.user[to_client];
+		c->kr->credited[to_client] = bytes;
+		uint64_t base = c->kr->e0[to_client] + c->kr->user[to_client];
 		st->credit = (given > base ? given - base : 0) + KR_CAP;
 	}
 }

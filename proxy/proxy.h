@@ -164,7 +164,7 @@ struct conn {
 	bool client_waiting;          /* the client sent something the server has not answered with ReadyForQuery */
 	uint32_t last_active;         /* px->clock_s of the last bytes either way */
 	uint32_t stalled_since;       /* px->clock_s when the client's side filled up (RELAY_BLOCKED_SERVER) */
-	struct krelay_conn kr;        /* the kernel's part of the relay, if any */
+	struct krelay_conn *kr;       /* owned: the kernel's part of the relay, from its first attach; or NULL */
 	char server_status;           /* the status byte of the server's last ReadyForQuery: 'I', 'T' or 'E' */
 
 	/* server connection pooling (pool.c), when server_idle_timeout is set */
@@ -190,6 +190,11 @@ struct conn {
 
 	TAILQ_ENTRY(conn) link;      /* px->conns or px->reap */
 };
+/* The kernel relays this session now (krelay.c). */
+static inline bool conn_kr_on(const struct conn *c)
+{
+	return c->kr && c->kr->pair >= 0;
+}
 TAILQ_HEAD(conn_list, conn);
 struct pooled;
 TAILQ_HEAD(pool_list, pooled);

@@ -107,7 +107,7 @@ static void relay_check_full(struct conn *c, bool dst_client)
 
 	if (pending < RELAY_HIGH)
 		return;
-	if (c->kr.pair >= 0) {
+	if (conn_kr_on(c)) {
 		/* A socket in the kernel relay's sockmap is never left unread: when pglane stopped reading one
 		 * whose bytes the BPF program passes to it, this kernel (6.18) now and then handed them over out of
 		 * order (tests/integration/t_krelay.sh, the slow reader).  So pglane holds more instead, up to a
@@ -163,7 +163,7 @@ static void relay_server_flush_event_cb(struct bufferevent *bev, short what, voi
 static void relay_client_closed(struct conn *c)
 {
 	const char *reason = "client closed the connection";
-	bool kernel = c->kr.pair >= 0 && relay_kr_wait(c, false);
+	bool kernel = conn_kr_on(c) && relay_kr_wait(c, false);
 
 	if (relay_pending(c, false) == 0 && !kernel) {
 		conn_close(c, reason);
@@ -220,27 +220,27 @@ static void relay_kr_timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (!again || c->state == CONN_CLOSED)
 		return;
-	if (c->px->clock_s - c->kr.wait_since > RELAY_KR_DRAIN_S) {
+	if (c->px->clock_s - c->kr->wait_since > RELAY_KR_DRAIN_S) {
 		conn_close(c, "the kernel relay did not drain");
 		return;
 	}
-	struct timeval tv = {0, c->kr.wait_ms * 1000};
-	c->kr.wait_ms = c->kr.wait_ms < 64 ? c->kr.wait_ms * 2 : 64;
-	evtimer_add(c->kr.timer, &tv);
+	struct timeval tv = {0, c->kr->wait_ms * 1000};
+	c->kr->wait_ms = c->kr->wait_ms < 64 ? c->kr->wait_ms * 2 : 64;
+	evtimer_add(c->kr->timer, &tv);
 }
 
 /* Whether pglane must hold what it has for side (to_client) because the kernel still delivers there. */
 static bool relay_kr_wait(struct conn *c, bool to_client)
 {
-	if (c->kr.pair < 0 || krelay_may_write(c, to_client) == KR_WRITE)
+	if (!conn_kr_on(c) || krelay_may_write(c, to_client) == KR_WRITE)
 		return false;
-	if (!c->kr.timer && !(c->kr.timer = evtimer_new(c->px->base, relay_kr_timer_cb, c)))
+	if (!c->kr->timer && !(c->kr->timer = evtimer_new(c->px->base, relay_kr_timer_cb, c)))
 		return false; /* cannot wait: write now rather than stall */
-	if (!evtimer_pending(c->kr.timer, NULL)) {
+	if (!evtimer_pending(c->kr->timer, NULL)) {
 		struct timeval tv = {0, 1000};
-		c->kr.wait_ms = 2;
-		c->kr.wait_since = c->px->clock_s;
-		evtimer_add(c->kr.timer, &tv);
+		c->kr->wait_ms = 2;
+		c->kr->wait_since = c->px->clock_s;
+		evtimer_add(c->kr->timer, &tv);
 	}
 	return true;
 }
@@ -779,7 +779,7 @@ void relay_sweep(struct proxy *px)
 		next = TAILQ_NEXT(c, link);
 		if (c->state != CONN_RELAY || c->closing)
 			continue;
-		if (c->kr.pair >= 0) {
+		if (conn_kr_on(c)) {
 			krelay_refresh(c);
 			krelay_credit(c);
 		}
@@ -812,7 +812,7 @@ bool relay_client_write(struct conn *c, const void *p, size_t n)
 
 bool relay_unflushed(struct conn *c, bool client)
 {
-	return relay_pending(c, client) > 0 || (c->kr.pair >= 0 && relay_kr_wait(c, client));
+	return relay_pending(c, client) > 0 || (conn_kr_on(c) && relay_kr_wait(c, client));
 }
 
 void relay_stop(struct conn *c, bool keep_client_writes)
@@ -863,9 +863,10 @@ void relay_close_server(struct conn *c)
 void relay_free(struct conn *c)
 {
 	krelay_detach(c);
-	if (c->kr.timer)
-		event_free(c->kr.timer);
-	c->kr.timer = NULL;
+	if (c->kr && c->kr->timer)
+		event_free(c->kr->timer);
+	free(c->kr);
+	c->kr = NULL;
 	relay_raw_free(&c->rc, false);
 	relay_raw_free(&c->rs, false);
 }
