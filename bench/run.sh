@@ -6,6 +6,7 @@
 # pool, SCRAM, the same backend, both offering client TLS with the same certificate), and runs pgbench against
 # direct / pgbouncer / pglane interleaved (A B C, A B C, ...) so that drift on a noisy machine cancels:
 #   1  -S, simple protocol, 8 clients          1t  the same over client TLS (relay cost with TLS)
+#   1s the same with TLS between the proxy and PostgreSQL (verify-full; direct: TLS client to PostgreSQL)
 #   2  -S -M prepared, 8 clients               3   -S, 256 clients
 #   4  -S -C, a new connection (SCRAM login) per transaction, 8 clients;  4t the same over client TLS
 #   5  -S, one client: latency average and p99 from pgbench's per-transaction log
@@ -28,7 +29,7 @@
 #   BENCH_WARMUP=2         seconds of unmeasured warm-up per target before each case's rounds (0: none)
 #   BENCH_SCALE=10         pgbench -i scale
 #   BENCH_JOBS=2           pgbench -j for the multi-client cases
-#   BENCH_CASES="1 1t 2 3 4 4t 5 6 idle"   which cases to run (6: transaction pooling)
+#   BENCH_CASES="1 1t 1s 2 3 4 4t 5 6 idle"   which cases to run (6: transaction pooling)
 #   BENCH_MAX_CONNECTIONS=600   PostgreSQL max_connections (256 clients + PgBouncer's pool + idle test)
 #   BENCH_IDLE_CLIENTS     idle clients per session-pooling memory measurement (default: max_connections
 #                          - 50, since each then holds a server connection)
@@ -172,7 +173,7 @@ ROUNDS=${BENCH_ROUNDS:-2}
 WARMUP=${BENCH_WARMUP:-2}
 SCALE=${BENCH_SCALE:-10}
 JOBS=${BENCH_JOBS:-2}
-CASES=${BENCH_CASES:-1 1t 2 3 4 4t 5 6 idle}
+CASES=${BENCH_CASES:-1 1t 1s 2 3 4 4t 5 6 idle}
 MAXCONN=${BENCH_MAX_CONNECTIONS:-600}
 IDLE_N=${BENCH_IDLE_CLIENTS:-$((MAXCONN - 50))}
 IDLE_TXN_N=${BENCH_IDLE_TXN_CLIENTS:-10000}
@@ -332,7 +333,8 @@ auth_file = $PGB_DIR/userlist.txt
 pool_mode = ${PGB_POOL_MODE:-session}
 max_client_conn = 20000
 default_pool_size = ${PGB_POOL_SIZE:-300}
-server_tls_sslmode = disable
+server_tls_sslmode = ${PGB_SERVER_TLS:-disable}
+${PGB_SERVER_TLS:+server_tls_ca_file = $PGB_DIR/server.crt}
 client_tls_sslmode = allow
 client_tls_key_file = $PGB_DIR/server.key
 client_tls_cert_file = $PGB_DIR/server.crt
@@ -388,7 +390,8 @@ pool_mode = ${LANE_POOL_MODE:-session}
 pool_size = ${LANE_POOL_SIZE:-20}
 
 [instance main]
-url = postgresql://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres?sslmode=disable
+url = postgresql://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres?sslmode=${LANE_SERVER_SSLMODE:-disable}
+${LANE_SERVER_SSLMODE:+ca_file = $CERTS/server.crt}
 
 [app bench]
 instance = main
@@ -440,6 +443,21 @@ if [[ " $CASES " == *" 6 "* ]]; then
 	ENV_pgbouncer_txn=("${ENV_pgbouncer[@]/#PGPORT=*/PGPORT=$PGB_TXN_PORT}")
 fi
 
+# Case 1s runs against a third pair, both verifying PostgreSQL's certificate (verify-full) over TLS.
+if [[ " $CASES " == *" 1s "* ]]; then
+	PGB_STLS_PORT='' LANE_STLS_PORT=''
+	free_port_var PGB_STLS_PORT && free_port_var LANE_STLS_PORT || die "free_port"
+	PGB_SERVER_TLS=verify-full pgb_start "$PGB_STLS_PORT"
+	PGB_STLS_PID=$PGB_PID
+	LANE_SERVER_SSLMODE=verify-full lane_conf "$LANE_STLS_PORT" "$DATA/pglane-stls.ini"
+	pglane_start "$DATA/pglane-stls.ini" "$LANE_STLS_PORT" || die "pglane (TLS to the server) did not start"
+	LANE_STLS_PID=$PGLANE_PID
+	# shellcheck disable=SC2034 # read through ENV_${target}[@]
+	ENV_pglane_stls=("${ENV_pglane[@]/#PGPORT=*/PGPORT=$LANE_STLS_PORT}")
+	# shellcheck disable=SC2034
+	ENV_pgbouncer_stls=("${ENV_pgbouncer[@]/#PGPORT=*/PGPORT=$PGB_STLS_PORT}")
+fi
+
 # target_pid TARGET: the proxy process to measure (none for direct).
 target_pid() {
 	case $1 in
@@ -447,6 +465,8 @@ target_pid() {
 	pglane) echo "$LANE_MAIN_PID" ;;
 	pgbouncer_txn) echo "$PGB_TXN_PID" ;;
 	pglane_txn) echo "$LANE_TXN_PID" ;;
+	pgbouncer_stls) echo "$PGB_STLS_PID" ;;
+	pglane_stls) echo "$LANE_STLS_PID" ;;
 	esac
 }
 
@@ -454,6 +474,8 @@ target_pid() {
 case_target() {
 	if [ "$1" = 6 ] && [ "$2" != direct ]; then
 		echo "${2}_txn"
+	elif [ "$1" = 1s ] && [ "$2" != direct ]; then
+		echo "${2}_stls"
 	else
 		echo "$2"
 	fi
@@ -484,7 +506,7 @@ done
 # case_args CASE: pgbench arguments; case_mode CASE: PGSSLMODE; case_title CASE.
 case_args() {
 	case $1 in
-	1 | 1t) echo "-S -c 8 -j $JOBS" ;;
+	1 | 1t | 1s) echo "-S -c 8 -j $JOBS" ;;
 	2) echo "-S -M prepared -c 8 -j $JOBS" ;;
 	3) echo "-S -c 256 -j $JOBS" ;;
 	4 | 4t) echo "-S -C -c 8 -j $JOBS" ;;
@@ -495,10 +517,19 @@ case_args() {
 case_mode() {
 	case $1 in *t) echo require ;; *) echo disable ;; esac
 }
+# target_mode CASE TARGET: PGSSLMODE for one target (case 1s: direct encrypts as the proxies do toward it).
+target_mode() {
+	if [ "$1" = 1s ] && [ "$2" = direct ]; then
+		echo require
+	else
+		case_mode "$1"
+	fi
+}
 case_title() {
 	case $1 in
 	1) echo "1. \`-S\`, simple protocol, 8 clients" ;;
 	1t) echo "1t. \`-S\`, simple protocol, 8 clients, client TLS" ;;
+	1s) echo "1s. \`-S\`, simple protocol, 8 clients, TLS from the proxies to PostgreSQL (verify-full; direct: client TLS)" ;;
 	2) echo "2. \`-S -M prepared\`, 8 clients" ;;
 	3) echo "3. \`-S\`, 256 clients" ;;
 	4) echo "4. \`-S -C\`: a new connection (SCRAM login) per transaction, 8 clients" ;;
@@ -519,7 +550,7 @@ run_pgbench() {
 	if [ "$cs" = 5 ] && [ "$round" -gt 0 ]; then
 		extra=(-l "--log-prefix=$DATA/lat/$t-$round")
 	fi
-	if [ "$(case_mode "$cs")" = require ] && [ -n "${TLS_BROKEN[$t]:-}" ]; then
+	if [ "$(target_mode "$cs" "$t")" = require ] && [ -n "${TLS_BROKEN[$t]:-}" ]; then
 		return 1
 	fi
 	if [ -n "$pid" ]; then
@@ -531,7 +562,7 @@ run_pgbench() {
 		read -r c0 u0 < <(proc_cpu_us "$pid")
 	fi
 	m0=$(machine_busy_us)
-	in_target "$pt" "$(case_mode "$cs")" pgbench -n -T "$secs" "${args[@]}" "${extra[@]}" >"$out" 2>&1
+	in_target "$pt" "$(target_mode "$cs" "$t")" pgbench -n -T "$secs" "${args[@]}" "${extra[@]}" >"$out" 2>&1
 	rc=$?
 	m1=$(machine_busy_us)
 	if [ -n "$pid" ]; then

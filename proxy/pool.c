@@ -405,7 +405,7 @@ bool pool_release(struct conn *c)
 	pool_keep(p, c);
 	pool_session_ends(c);
 	bool sent;
-	if (c->rs.fd >= 0) {
+	if (c->rs.fd >= 0 && !c->rs.ssl) {
 		p->fd = c->rs.fd;
 		relay_release_server(c); /* c no longer owns the socket */
 		p->rev = event_new(px->base, p->fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p);
@@ -413,6 +413,8 @@ bool pool_release(struct conn *c)
 		if (p->rev)
 			event_add(p->rev, NULL);
 	} else {
+		if (c->rs.fd >= 0) /* a TLS server relayed on its socket: back to its bufferevent */
+			relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
 		p->bev = c->server;
 		p->ssl = c->be_ssl;
 		c->server = NULL;
@@ -686,7 +688,7 @@ bool pool_txn_park(struct conn *c)
 	p->fd = -1;
 	pool_keep(p, c);
 	p->ready = true;
-	if (c->rs.fd >= 0) {
+	if (c->rs.fd >= 0 && !c->rs.ssl) {
 		if (!(p->rev = event_new(px->base, c->rs.fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p))) {
 			pool_destroy(p);
 			return false;
@@ -697,6 +699,8 @@ bool pool_txn_park(struct conn *c)
 		event_add(p->rev, NULL);
 		relay_release_server(c);
 	} else {
+		if (c->rs.fd >= 0) /* a TLS server relayed on its socket: back to its bufferevent */
+			relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
 		p->bev = c->server;
 		p->ssl = c->be_ssl;
 		c->server = NULL;

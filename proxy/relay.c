@@ -39,6 +39,8 @@ static bool relay_arm_write(struct conn *c, bool client);
 static void relay_drained_cb(struct bufferevent *dst, void *arg);
 static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf);
 static bool relay_go_raw(struct conn *c, bool client, struct evbuffer *leftover);
+static bool relay_go_tls(struct conn *c, bool client, struct evbuffer *leftover);
+static void relay_raw_free(struct relay_raw *r, bool keep_fd);
 
 static struct relay_raw *relay_raw_of(struct conn *c, bool client)
 {
@@ -428,8 +430,9 @@ void relay_txn_resume(struct conn *c)
 		event_free(c->timer);
 		c->timer = NULL;
 	}
-	if (c->server && !c->be_ssl && c->rs.fd < 0 &&
-	    (!(from_server = evbuffer_new()) || !relay_go_raw(c, false, from_server))) {
+	if (c->server && c->rs.fd < 0 &&
+	    (!(from_server = evbuffer_new()) ||
+	     (c->be_ssl ? !relay_go_tls(c, false, from_server) : !relay_go_raw(c, false, from_server)))) {
 		if (from_server)
 			evbuffer_free(from_server);
 		conn_close(c, "out of memory");
@@ -437,8 +440,7 @@ void relay_txn_resume(struct conn *c)
 	}
 	bool read_server = !(c->relay_blocked & RELAY_BLOCKED_SERVER);
 	if (c->rs.fd >= 0) {
-		if (read_server)
-			event_add(c->rs.rev, NULL);
+		relay_reading(c, false, read_server); /* (and what OpenSSL already holds of a TLS server's) */
 	} else {
 		bufferevent_setcb(c->server, relay_read_cb, relay_drained_cb, relay_event_cb, c);
 		bufferevent_setwatermark(c->server, EV_WRITE, 0, 0);
@@ -672,35 +674,53 @@ static bool relay_go_raw(struct conn *c, bool client, struct evbuffer *leftover)
 }
 
 /*
- * The client's TLS leaves its bufferevent_openssl for SSL_read()/SSL_write() on the socket: one write per
- * message instead of a write event added and removed around each (two epoll_ctl() and a loop turn), and
- * one read instead of a header and a body read (read-ahead).  The bufferevent stays, disabled, owning the
- * SSL and the socket; what it had read goes to leftover, what it had yet to write is queued here.
+ * A TLS side leaves its bufferevent_openssl for SSL_read()/SSL_write() on the socket: one write per message
+ * instead of a write event added and removed around each (two epoll_ctl() and a loop turn), and one read
+ * instead of a header and a body read (read-ahead).  The bufferevent stays, disabled, owning the SSL and the
+ * socket (a server connection goes back to the pool as that bufferevent); what it had read goes to
+ * leftover, what it had yet to write is queued here.  The raw read event is added before the bufferevent's
+ * goes when it was reading, so that epoll's registration stays as it was.
  */
-static bool relay_go_tls(struct conn *c, struct evbuffer *leftover)
+static bool relay_go_tls(struct conn *c, bool client, struct evbuffer *leftover)
 {
-	struct relay_raw *r = &c->rc;
-	SSL *ssl = bufferevent_openssl_get_ssl(c->client);
-	struct evbuffer *bout = bufferevent_get_output(c->client);
+	struct relay_raw *r = relay_raw_of(c, client);
+	struct bufferevent *bev = relay_bev_of(c, client);
+	SSL *ssl = bufferevent_openssl_get_ssl(bev);
+	struct evbuffer *bout = bufferevent_get_output(bev);
 
 	if (!ssl)
 		return false;
-	bufferevent_disable(c->client, EV_READ | EV_WRITE);
-	r->fd = bufferevent_getfd(c->client);
+	r->fd = bufferevent_getfd(bev);
+	if (!(r->rev = event_new(c->px->base, r->fd, EV_READ | EV_PERSIST, relay_raw_read_cb, c))) {
+		r->fd = -1;
+		return false;
+	}
+	if (bufferevent_get_enabled(bev) & EV_READ)
+		event_add(r->rev, NULL);
+	bufferevent_disable(bev, EV_READ | EV_WRITE);
+	bufferevent_setcb(bev, NULL, NULL, NULL, NULL); /* (a pooled one's point at what it was parked in) */
 	r->ssl = ssl;
 	SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
 	SSL_set_read_ahead(ssl, 1);
-	SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF); /* a client that closes without close_notify just ends */
-	if (!(r->rev = event_new(c->px->base, r->fd, EV_READ | EV_PERSIST, relay_raw_read_cb, c)))
-		return false;
+	SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF); /* a peer that closes without close_notify just ends */
 	if (evbuffer_get_length(bout) > 0) {
 		if (!(r->out = evbuffer_new()))
 			return false;
 		evbuffer_unfreeze(bout, 1);
 		evbuffer_add_buffer(r->out, bout);
 	}
-	evbuffer_add_buffer(leftover, bufferevent_get_input(c->client));
+	evbuffer_add_buffer(leftover, bufferevent_get_input(bev));
 	return true;
+}
+
+/* A TLS server connection goes back to its bufferevent (the pool's form of it), for callbacks and events
+ * the caller sets: the bufferevent's read event is added before the raw one goes (no epoll_ctl()). */
+void relay_server_to_bev(struct conn *c, bufferevent_data_cb readcb, bufferevent_event_cb eventcb, void *arg)
+{
+	bufferevent_setcb(c->server, readcb, NULL, eventcb, arg);
+	bufferevent_setwatermark(c->server, EV_WRITE, 0, 0);
+	bufferevent_enable(c->server, EV_READ);
+	relay_raw_free(&c->rs, true);
 }
 
 void relay_start(struct conn *c)
@@ -720,8 +740,9 @@ void relay_start(struct conn *c)
 	pool_session_starts(c);
 	conn_login_done(c);
 	if (!from_client || !from_server ||
-	    (c->client_tls ? !relay_go_tls(c, from_client) : !relay_go_raw(c, true, from_client)) ||
-	    (c->server && !c->be_ssl && c->rs.fd < 0 && !relay_go_raw(c, false, from_server))) {
+	    (c->client_tls ? !relay_go_tls(c, true, from_client) : !relay_go_raw(c, true, from_client)) ||
+	    (c->server && c->rs.fd < 0 &&
+	     (c->be_ssl ? !relay_go_tls(c, false, from_server) : !relay_go_raw(c, false, from_server)))) {
 		conn_close(c, "out of memory");
 		goto out;
 	}

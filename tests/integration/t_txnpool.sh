@@ -15,7 +15,7 @@ pg_start main || bail "pg_start main"
 LANE_PORT='' HTTP_PORT=''
 free_port_var LANE_PORT || bail "free_port"
 free_port_var HTTP_PORT || bail "free_port"
-for db in tp-production tp-preview tpt-production ts-production; do
+for db in tp-production tp-preview tpt-production ts-production tst-production; do
 	pg_createdb main "$db" >/dev/null || bail "createdb $db"
 done
 
@@ -55,6 +55,10 @@ pool_mode = transaction
 
 [app ts]
 instance = main
+secret = $SECRET
+
+[app tst]
+instance = tls
 secret = $SECRET
 EOF
 	chmod 600 "$CONF"
@@ -293,6 +297,25 @@ q tp -c "CREATE TABLE IF NOT EXISTS big (id int, t text)" >/dev/null
 in_env tp --production -- env PGSSLMODE=require psql -X -At -c "\copy big FROM '$TMP/big.tsv'" >/dev/null
 check_eq "a 15 MB COPY FROM STDIN over client TLS lands whole" "300000 $(md5sum <"$TMP/big.tsv" | cut -c1-32)" \
 	"$(q tp -c "SELECT count(*) || ' ' || md5(string_agg(id || E'\t' || t || E'\n', '' ORDER BY id)) FROM big")"
+# TLS on both sides: the server's TLS also relays on its socket (SSL_read/SSL_write), and goes back to its
+# bufferevent when the connection is parked (transaction mode) or kept for the next client (session mode).
+want=$(direct "$BIGQ" | md5sum)
+for app in tpt tst; do
+	got=$(in_env "$app" --production -- env PGSSLMODE=require psql -X -At -c "$BIGQ" -c "SELECT 1" -c "$BIGQ" | md5sum)
+	check_eq "two 16 MB results over TLS on both sides arrive byte for byte ($app)" \
+		"$( (direct "$BIGQ" && echo 1 && direct "$BIGQ") | md5sum)" "$got"
+done
+q tpt -c "CREATE TABLE IF NOT EXISTS big (id int, t text)" -c "TRUNCATE big" >/dev/null
+in_env tpt --production -- env PGSSLMODE=require psql -X -At -c "\copy big FROM '$TMP/big.tsv'" >/dev/null
+check_eq "a 15 MB COPY FROM STDIN over TLS on both sides lands whole" "300000 $(md5sum <"$TMP/big.tsv" | cut -c1-32)" \
+	"$(q tpt -c "SELECT count(*) || ' ' || md5(string_agg(id || E'\t' || t || E'\n', '' ORDER BY id)) FROM big")"
+p1=$(q tst -c "SELECT pg_backend_pid()")
+p2=$(q tst -c "SELECT pg_backend_pid()")
+check "session mode keeps a TLS server connection for the next client ($p1, $p2)" [ -n "$p1" -a "$p1" = "$p2" ]
+in_env tpt --production -- pgbench -i -q >/dev/null 2>&1
+in_env tpt --production -- env PGSSLMODE=require pgbench -n -c 6 -j 2 -t 300 >"$TMP/bench.tpt" 2>&1
+check "pgbench TPC-B, 6 TLS clients on 2 TLS server connections, parked and taken 1800 times, without a failure" \
+	grep -q "number of failed transactions: 0" "$TMP/bench.tpt"
 in_env tp --production -- env PGSSLMODE=require pgbench -n -c 4 -j 2 -t 200 -S >"$TMP/bench.tls" 2>&1
 check "pgbench -S -c 4 over client TLS without a failure" grep -q "number of failed transactions: 0" \
 	"$TMP/bench.tls"
