@@ -290,11 +290,11 @@ static void conn_vfail(struct conn *c, const char *sqlstate, const char *hint, c
 		snprintf(l->error, sizeof(l->error), "%.255s", msg);
 	}
 	pg_put_error(&b, "FATAL", sqlstate, msg, NULL, hint);
+	relay_close_server(c); /* its events first: a TLS server's socket is the bufferevent's to close */
 	if (c->server) {
 		bufferevent_free(c->server);
 		c->server = NULL;
 	}
-	relay_close_server(c);
 	if (conn_send(c, &b))
 		conn_close_after_flush(c, reason);
 }

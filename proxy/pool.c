@@ -388,7 +388,7 @@ bool pool_release(struct conn *c)
 	struct pooled *p;
 
 	if (!c->be_params || c->state != CONN_RELAY || px->stopping ||
-	    c->snap != px->snap || c->server_status != 'I' || relay_pending(c, false) > 0 ||
+	    c->snap != px->snap || c->server_status != 'I' || relay_pending(c, false) > 0 || relay_server_has_pending(c) ||
 	    (c->rs.fd < 0 && !(c->server && c->be_ssl)))
 		return false;
 	if (!(p = calloc(1, sizeof(*p))))

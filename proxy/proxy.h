@@ -399,6 +399,8 @@ void pool_free_all(struct proxy *px);
 void relay_release_server(struct conn *c);
 /* A TLS server relayed on its socket goes back to its bufferevent, reading, with these callbacks (pool.c). */
 void relay_server_to_bev(struct conn *c, bufferevent_data_cb readcb, bufferevent_event_cb eventcb, void *arg);
+/* OpenSSL holds bytes of a TLS server's that the session has not read yet: its connection cannot go back. */
+bool relay_server_has_pending(struct conn *c);
 bool relay_adopt_server(struct conn *c, evutil_socket_t fd); /* false: out of memory, fd not taken */
 /* Transaction pooling: a server connection joined c (adopted, or logged in): relay what the client sent. */
 void relay_txn_resume(struct conn *c);

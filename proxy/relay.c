@@ -388,8 +388,8 @@ static void txn_scan_buf(struct pg_txn *t, int side, struct evbuffer *b)
 static void relay_txn_settle(struct conn *c)
 {
 	if (!c->txn || c->state != CONN_RELAY || c->closing || (c->rs.fd < 0 && !c->server) || !pg_txn_idle(&c->tx) ||
-	    relay_pending(c, false) > 0)
-		return;
+	    relay_pending(c, false) > 0 || relay_server_has_pending(c))
+		return; /* (what OpenSSL holds of the server's is this session's: the read loop delivers it first) */
 	if (!pool_txn_park(c))
 		return; /* out of memory: the session keeps it */
 	c->relay_blocked &= ~RELAY_BLOCKED_CLIENT; /* nothing waits for the server any more */
@@ -713,10 +713,19 @@ static bool relay_go_tls(struct conn *c, bool client, struct evbuffer *leftover)
 	return true;
 }
 
+bool relay_server_has_pending(struct conn *c)
+{
+	return c->rs.ssl && SSL_has_pending(c->rs.ssl);
+}
+
 /* A TLS server connection goes back to its bufferevent (the pool's form of it), for callbacks and events
  * the caller sets: the bufferevent's read event is added before the raw one goes (no epoll_ctl()). */
 void relay_server_to_bev(struct conn *c, bufferevent_data_cb readcb, bufferevent_event_cb eventcb, void *arg)
 {
+	/* bufferevent_openssl reads a record at a time and moves on to its next iovec after any write: neither
+	 * read-ahead nor partial writes are for it (nothing is buffered or half-sent here: the callers checked). */
+	SSL_set_read_ahead(c->rs.ssl, 0);
+	SSL_clear_mode(c->rs.ssl, SSL_MODE_ENABLE_PARTIAL_WRITE);
 	bufferevent_setcb(c->server, readcb, NULL, eventcb, arg);
 	bufferevent_setwatermark(c->server, EV_WRITE, 0, 0);
 	bufferevent_enable(c->server, EV_READ);
@@ -749,6 +758,7 @@ void relay_start(struct conn *c)
 	/* Both sides quiet (the client waits for the ReadyForQuery below, the server has sent it) and plaintext:
 	 * the kernel may take the session over.  The ReadyForQuery goes out only after. */
 	if (c->px->kr && c->snap->conf->kernel_relay != KERNEL_RELAY_OFF && !c->txn && c->rc.fd >= 0 && !c->rc.ssl && c->rs.fd >= 0 &&
+	    !c->rs.ssl &&
 	    evbuffer_get_length(from_client) == 0 && evbuffer_get_length(from_server) == 0 && krelay_attach(c) &&
 	    c->rc.out) {
 		int k = evbuffer_write(c->rc.out, c->rc.fd);
