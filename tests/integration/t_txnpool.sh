@@ -316,6 +316,21 @@ in_env tpt --production -- pgbench -i -q >/dev/null 2>&1
 in_env tpt --production -- env PGSSLMODE=require pgbench -n -c 6 -j 2 -t 300 >"$TMP/bench.tpt" 2>&1
 check "pgbench TPC-B, 6 TLS clients on 2 TLS server connections, parked and taken 1800 times, without a failure" \
 	grep -q "number of failed transactions: 0" "$TMP/bench.tpt"
+# Churn over TLS on both sides: 12 TLS clients share the 2 TLS server connections while other clients are
+# cut in the middle of their queries; nothing fails, pglane stays up, and the pool is whole after.
+(
+	end=$((SECONDS + 4))
+	while [ $SECONDS -lt $end ]; do
+		in_env tpt --production -- env PGSSLMODE=require timeout 0.3 psql -X -At -c "SELECT pg_sleep(1)" \
+			>/dev/null 2>&1
+	done
+) &
+churn=$!
+in_env tpt --production -- env PGSSLMODE=require pgbench -n -c 12 -j 2 -T 4 -S >"$TMP/bench.churn" 2>&1
+wait "$churn"
+check "12 TLS clients on 2 TLS server connections while others are cut mid-query: no failed transaction" \
+	grep -q "number of failed transactions: 0" "$TMP/bench.churn"
+check_eq "... and pglane serves the next client" tpt-production "$(q tpt -c "SELECT current_database()")"
 in_env tp --production -- env PGSSLMODE=require pgbench -n -c 4 -j 2 -t 200 -S >"$TMP/bench.tls" 2>&1
 check "pgbench -S -c 4 over client TLS without a failure" grep -q "number of failed transactions: 0" \
 	"$TMP/bench.tls"
