@@ -335,8 +335,13 @@ void pg_txn_scan(struct pg_txn *t, int side, const uint8_t *p, size_t n)
 	}
 }
 
+bool pg_txn_quiet(const struct pg_txn *t)
+{
+	return !t->lost && t->owed == 0 && !t->batch && t->status == 'I' && t->left[0] == 0 && t->have[0] == 0 &&
+	       t->left[1] == 0 && t->have[1] == 0;
+}
+
 bool pg_txn_idle(const struct pg_txn *t)
 {
-	return !t->lost && !t->pinned && t->owed == 0 && !t->batch && t->status == 'I' && t->left[0] == 0 &&
-	       t->have[0] == 0 && t->left[1] == 0 && t->have[1] == 0;
+	return pg_txn_quiet(t) && !t->pinned;
 }

@@ -137,8 +137,10 @@ struct pg_txn {
 
 /* Follows n bytes of side (0 client, 1 server) through their messages. */
 void pg_txn_scan(struct pg_txn *t, int side, const uint8_t *p, size_t n);
-/* True between transactions: both streams between messages, every request answered, no extended batch
- * open, the last ReadyForQuery idle ('I'), nothing lost and no named prepared statement. */
+/* Both streams between messages, every request answered, no extended batch open, the last ReadyForQuery
+ * idle ('I'), and nothing lost: the server connection could be reset and shared. */
+bool pg_txn_quiet(const struct pg_txn *t);
+/* True between transactions: quiet, and no named prepared statement ties the session to its connection. */
 bool pg_txn_idle(const struct pg_txn *t);
 
 #endif

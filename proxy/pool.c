@@ -172,7 +172,8 @@ static void pool_free(struct pooled *p, const char *why)
 	TAILQ_REMOVE(&p->px->pool, p, link);
 	p->px->npooled--;
 	if (g) {
-		TAILQ_REMOVE(&g->idle, p, glink);
+		if (p->ready) /* (one being reset, pool_txn_retire(), is not on idle yet) */
+			TAILQ_REMOVE(&g->idle, p, glink);
 		g->nserver--;
 	}
 	log_msg(LOG_DEBUG, "pool: server pid %u of instance %s database \"%s\" closed: %s", p->be_pid, p->inst->name,
@@ -299,19 +300,26 @@ static void pool_on_bytes(struct pooled *p)
 		}
 		switch (p->ready ? 0 : msg[0]) {
 		case PG_MSG_PARAMETER_STATUS:
-			pool_param_set(p->params, msg, total);
+			if (p->params) /* (a group's sessions hear the group's set, not this connection's) */
+				pool_param_set(p->params, msg, total);
 			break;
 		case 'C': /* CommandComplete of DISCARD ALL */
 		case 'N': /* NoticeResponse */
 		case 'A': /* NotificationResponse of a LISTEN that DISCARD ALL has just ended */
 			break;
 		case PG_MSG_READY_FOR_QUERY:
-			if (total != 6 || msg[5] != 'I' || evbuffer_get_length(p->in) != total || p->params->oom) {
+			if (total != 6 || msg[5] != 'I' || evbuffer_get_length(p->in) != total || (p->params && p->params->oom)) {
 				pool_free(p, "the reset did not end idle");
 				return;
 			}
 			p->ready = true;
 			p->since = p->px->clock_s;
+			if (p->g) { /* a retired connection joins its group's idle ones */
+				evbuffer_drain(p->in, total);
+				TAILQ_INSERT_HEAD(&p->g->idle, p, glink);
+				pgroup_kick(p->g);
+				return;
+			}
 			break;
 		default: /* an error, or anything at all once parked (a FATAL as the server shuts down) */
 			pool_free(p, msg[0] == PG_MSG_ERROR ? "the server sent an error" : "the server spoke while parked");
@@ -498,7 +506,8 @@ void pool_each(struct proxy *px, pool_each_fn *fn, void *arg)
 	struct pooled *p;
 
 	TAILQ_FOREACH(p, &px->pool, link)
-		fn(arg, p->inst->name, p->dbname, p->be_pid, p->ssl != NULL, p->g ? "idle" : p->ready ? "kept" : "resetting");
+		fn(arg, p->inst->name, p->dbname, p->be_pid, p->ssl != NULL,
+		   !p->ready ? "resetting" : p->g ? "idle" : "kept");
 }
 
 size_t pool_shed(struct proxy *px, const struct conf_instance *in)
@@ -717,6 +726,55 @@ bool pool_txn_park(struct conn *c)
 	TAILQ_INSERT_HEAD(&g->idle, p, glink); /* the warmest first */
 	px->npooled++;
 	pgroup_kick(g);
+	return true;
+}
+
+bool pool_txn_retire(struct conn *c)
+{
+	static const char discard[] = "Q\0\0\0\20DISCARD ALL";
+	struct proxy *px = c->px;
+	struct pgroup *g = c->group;
+	struct pooled *p;
+
+	if (!g || !c->holds_slot || c->state != CONN_RELAY || c->closing || px->stopping || !pg_txn_quiet(&c->tx) ||
+	    relay_pending(c, false) > 0 || relay_server_has_pending(c) || (c->rs.fd < 0 && !(c->server && c->be_ssl)))
+		return false;
+	if (!(p = calloc(1, sizeof(*p))))
+		return false;
+	p->fd = -1;
+	if (!(p->in = evbuffer_new())) {
+		free(p);
+		return false;
+	}
+	pool_keep(p, c);
+	bool sent;
+	if (c->rs.fd >= 0 && !c->rs.ssl) {
+		p->fd = c->rs.fd;
+		relay_release_server(c);
+		p->rev = event_new(px->base, p->fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p);
+		sent = p->rev && send(p->fd, discard, sizeof(discard), MSG_NOSIGNAL) == (ssize_t)sizeof(discard);
+		if (p->rev)
+			event_add(p->rev, NULL);
+	} else {
+		if (c->rs.fd >= 0)
+			relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
+		p->bev = c->server;
+		p->ssl = c->be_ssl;
+		c->server = NULL;
+		c->be_ssl = NULL;
+		bufferevent_setcb(p->bev, pool_bev_read_cb, NULL, pool_bev_event_cb, p);
+		bufferevent_setwatermark(p->bev, EV_WRITE, 0, 0);
+		sent = bufferevent_write(p->bev, discard, sizeof(discard)) == 0 &&
+		       bufferevent_enable(p->bev, EV_READ | EV_WRITE) == 0;
+	}
+	c->be_pid = c->be_key = 0;
+	c->holds_slot = false; /* the slot goes with the connection, which is not on idle until reset */
+	p->g = g;
+	g->refs++;
+	TAILQ_INSERT_TAIL(&px->pool, p, link);
+	px->npooled++;
+	if (!sent)
+		pool_free(p, "cannot send DISCARD ALL");
 	return true;
 }
 

@@ -377,6 +377,9 @@ bool pool_release(struct conn *c); /* c's client ended with Terminate: true when
 enum pool_login { POOL_LOGIN_DETACHED, POOL_LOGIN_CONNECT, POOL_LOGIN_WAIT };
 enum pool_login pool_txn_login(struct conn *c);
 bool pool_txn_park(struct conn *c);   /* the transaction ended: the server connection goes back */
+/* A pinned session ends quiet: its server connection is reset (DISCARD ALL) and then parked for the group;
+ * true when it was taken from c. */
+bool pool_txn_retire(struct conn *c);
 void pool_txn_attach(struct conn *c); /* the client's next transaction began (its bytes in c->held) */
 void pool_conn_gone(struct conn *c);  /* conn_close(): c's slot, place in line and group go */
 void pool_sweep(struct proxy *px);

@@ -167,6 +167,11 @@ static void relay_client_closed(struct conn *c)
 	const char *reason = "client closed the connection";
 	bool kernel = conn_kr_on(c) && relay_kr_wait(c, false);
 
+	if (c->txn && c->tx.pinned && pool_txn_retire(c)) {
+		conn_close(c, "client closed the connection; its server connection is reset for the pool");
+		return;
+	}
+
 	if (relay_pending(c, false) == 0 && !kernel) {
 		conn_close(c, reason);
 		return;
@@ -488,8 +493,14 @@ static bool relay_client_terminates(struct conn *c, const uint8_t *p, size_t n)
 {
 	static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
 
-	if (!c->be_params || c->txn || n != sizeof(terminate) || memcmp(p, terminate, n) != 0)
+	if (!c->be_params || n != sizeof(terminate) || memcmp(p, terminate, n) != 0)
 		return false;
+	if (c->txn) { /* a pinned session's connection is reset for the group (others hold none by now) */
+		if (!c->tx.pinned || !pool_txn_retire(c))
+			return false;
+		conn_close(c, "client closed the connection; its server connection is reset for the pool");
+		return true;
+	}
 	krelay_refresh(c);
 	if (c->client_waiting || !c->server_idle || c->server_status != 'I' || !pool_release(c))
 		return false;
