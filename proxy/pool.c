@@ -13,6 +13,10 @@
  * reload retires every parked connection), the database name and a digest of the startup parameters; the
  * client has proven its timeline's token before pglane looks.  A parked connection whose server speaks or
  * closes, that waits past server_idle_timeout, or whose reset fails is closed.
+ *
+ * Transaction pooling (below) parks a connection at the end of every transaction, without a reset; only a
+ * session pinned to its connection (it named a prepared statement) leaves it reset with DISCARD ALL, which
+ * then joins its group's idle ones (pool_txn_retire()).
  */
 #include "proxy/proxy.h"
 
@@ -68,9 +72,9 @@ struct pgroup {
 	const struct conf_instance *inst;
 	char dbname[PG_NAMEDATALEN];
 	uint8_t digest[16];
-	unsigned refs;             /* sessions of the group, parked connections, a kick under way */
+	unsigned refs;             /* sessions of the group, parked or resetting connections, a kick under way */
 	unsigned nsessions;        /* sessions of the group */
-	unsigned nserver;          /* server connections: a session's, parked, or logging in */
+	unsigned nserver;          /* server connections: a session's, parked, resetting, or logging in */
 	struct pool_list idle;     /* parked, newest first */
 	struct conn_list waiters;  /* sessions waiting for a server connection, or for the group's first login */
 	struct params_blob *params; /* reference: what the group's sessions are told at login */
@@ -692,7 +696,8 @@ bool pool_txn_park(struct conn *c)
 	struct pgroup *g = c->group;
 	struct pooled *p;
 
-	if (!g || !c->holds_slot || (c->rs.fd < 0 && !(c->server && c->be_ssl)) || !(p = calloc(1, sizeof(*p))))
+	if (!g || !g->params || !c->holds_slot || (c->rs.fd < 0 && !(c->server && c->be_ssl)) ||
+	    !(p = calloc(1, sizeof(*p))))
 		return false;
 	p->fd = -1;
 	pool_keep(p, c);
@@ -736,7 +741,8 @@ bool pool_txn_retire(struct conn *c)
 	struct pgroup *g = c->group;
 	struct pooled *p;
 
-	if (!g || !c->holds_slot || c->state != CONN_RELAY || c->closing || px->stopping || !pg_txn_quiet(&c->tx) ||
+	if (!g || !g->params || !c->holds_slot || c->state != CONN_RELAY || c->closing || px->stopping ||
+	    !pg_txn_quiet(&c->tx) ||
 	    relay_pending(c, false) > 0 || relay_server_has_pending(c) || (c->rs.fd < 0 && !(c->server && c->be_ssl)))
 		return false;
 	if (!(p = calloc(1, sizeof(*p))))
@@ -750,11 +756,11 @@ bool pool_txn_retire(struct conn *c)
 	bool sent;
 	if (c->rs.fd >= 0 && !c->rs.ssl) {
 		p->fd = c->rs.fd;
-		relay_release_server(c);
 		p->rev = event_new(px->base, p->fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p);
-		sent = p->rev && send(p->fd, discard, sizeof(discard), MSG_NOSIGNAL) == (ssize_t)sizeof(discard);
 		if (p->rev)
-			event_add(p->rev, NULL);
+			event_add(p->rev, NULL); /* before the session's goes, as in pool_txn_park() */
+		relay_release_server(c);
+		sent = p->rev && send(p->fd, discard, sizeof(discard), MSG_NOSIGNAL) == (ssize_t)sizeof(discard);
 	} else {
 		if (c->rs.fd >= 0)
 			relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
@@ -773,8 +779,11 @@ bool pool_txn_retire(struct conn *c)
 	g->refs++;
 	TAILQ_INSERT_TAIL(&px->pool, p, link);
 	px->npooled++;
-	if (!sent)
+	if (!sent) {
 		pool_free(p, "cannot send DISCARD ALL");
+		return true; /* taken from c all the same */
+	}
+	px->stats.pool_kept++;
 	return true;
 }
 

@@ -487,8 +487,9 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 }
 
 /* The client sent Terminate, alone, at a message boundary, outside a transaction: with pooling on, the
- * server connection stays for the next client (pool.c) and only the client's side closes.  True when c
- * has been closed that way; false: relay the bytes as any others. */
+ * server connection stays for the next client (pool.c) and only the client's side closes; in transaction
+ * pooling, only a pinned session still holds one, which is reset for its group.  True when c has been
+ * closed that way; false: relay the bytes as any others. */
 static bool relay_client_terminates(struct conn *c, const uint8_t *p, size_t n)
 {
 	static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};

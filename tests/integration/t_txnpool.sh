@@ -239,11 +239,16 @@ const q = { name: "mypid", text: "SELECT pg_backend_pid() AS pid" };
   await new Promise((r) => setTimeout(r, 1500));
   await b.query("COMMIT");
   await a.end(); await b.end();
-  await new Promise((r) => setTimeout(r, 300));
-  const c = new Client();
-  await c.connect();
-  const r = (await c.query("SELECT pg_backend_pid() AS pid, (SELECT count(*) FROM pg_prepared_statements)::int AS n")).rows[0];
-  await c.end();
+  // The reset (DISCARD ALL) takes a moment; meanwhile a client may get the other parked connection.
+  let r;
+  for (let i = 0; i < 50; i++) {
+    const c = new Client();
+    await c.connect();
+    r = (await c.query("SELECT pg_backend_pid() AS pid, (SELECT count(*) FROM pg_prepared_statements)::int AS n")).rows[0];
+    await c.end();
+    if (r.pid === p1) break;
+    await new Promise((res) => setTimeout(res, 100));
+  }
   console.log(p1 === p2 ? "same" : "moved", p1 !== other ? "apart" : "shared",
     r.pid === p1 ? "reused" : "not-reused", "statements:" + r.n);
 })().catch((e) => { console.log("ERROR", e.message); process.exit(1); });
