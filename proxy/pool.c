@@ -75,6 +75,7 @@ struct pgroup {
 	unsigned refs;             /* sessions of the group, parked or resetting connections, a kick under way */
 	unsigned nsessions;        /* sessions of the group */
 	unsigned nserver;          /* server connections: a session's, parked, resetting, or logging in */
+	unsigned npinned;          /* sessions that keep theirs (named prepared statements) */
 	struct pool_list idle;     /* parked, newest first */
 	struct conn_list waiters;  /* sessions waiting for a server connection, or for the group's first login */
 	struct params_blob *params; /* reference: what the group's sessions are told at login */
@@ -850,6 +851,17 @@ void pool_txn_attach(struct conn *c)
 	pgroup_wait(c);
 }
 
+void pool_txn_pinned(struct conn *c)
+{
+	if (c->group)
+		c->group->npinned++;
+}
+
+unsigned pool_txn_npinned(const struct conn *c)
+{
+	return c->group ? c->group->npinned : 0;
+}
+
 void pool_conn_gone(struct conn *c)
 {
 	struct pgroup *g = c->group;
@@ -859,6 +871,8 @@ void pool_conn_gone(struct conn *c)
 	pgroup_unwait(c);
 	if (c->holds_slot)
 		g->nserver--;
+	if (c->tx.pinned)
+		g->npinned--;
 	c->holds_slot = false;
 	c->group = NULL;
 	g->nsessions--;

@@ -382,6 +382,8 @@ bool pool_txn_park(struct conn *c);   /* the transaction ended: the server conne
 bool pool_txn_retire(struct conn *c);
 void pool_txn_attach(struct conn *c); /* the client's next transaction began (its bytes in c->held) */
 void pool_conn_gone(struct conn *c);  /* conn_close(): c's slot, place in line and group go */
+void pool_txn_pinned(struct conn *c); /* c has just been pinned to its server connection */
+unsigned pool_txn_npinned(const struct conn *c); /* sessions of c's group pinned to their connections */
 void pool_sweep(struct proxy *px);
 size_t pool_shed(struct proxy *px, const struct conf_instance *in); /* closes in's kept connections */
 /* Calls fn for each server connection no session holds (SHOW SERVERS); state: "kept" (reset, for the next

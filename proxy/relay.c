@@ -477,9 +477,11 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 			pg_txn_scan(&c->tx, to_client, p, n);
 		else
 			txn_scan_buf(&c->tx, to_client, buf);
-		if (!pinned && c->tx.pinned)
+		if (!pinned && c->tx.pinned) {
+			pool_txn_pinned(c);
 			log_conn(LOG_INFO, c, "a named prepared statement: this session keeps its server connection "
 					      "until it ends (transaction pooling)");
+		}
 		if (!to_client && c->rs.fd < 0 && !c->server)
 			return relay_txn_hold(c, p, n, buf);
 	}
@@ -829,9 +831,16 @@ void relay_sweep(struct proxy *px)
 		/* The clock ticks once a second, so "more than N ticks" is between N and N + 1 seconds. */
 		if (c->waiting && conf->query_wait_timeout_s > 0 &&
 		    px->clock_s - c->wait_since > (uint32_t)conf->query_wait_timeout_s) {
-			conn_fail(c, "57014", "query_wait_timeout",
-				  "canceling statement: no server connection became free within query_wait_timeout (%d s)",
-				  conf->query_wait_timeout_s);
+			unsigned pinned = pool_txn_npinned(c);
+			char hint[200];
+			snprintf(hint, sizeof(hint),
+				 "%u session%s of this pool keep%s a server connection to %s end for named prepared "
+				 "statements: raise pool_size, or use pool_mode = session for this app",
+				 pinned, pinned == 1 ? "" : "s", pinned == 1 ? "s" : "", pinned == 1 ? "its" : "their");
+			conn_fail_hint(c, "57014", pinned ? hint : NULL, "query_wait_timeout",
+				       "canceling statement: no server connection became free within query_wait_timeout "
+				       "(%d s)",
+				       conf->query_wait_timeout_s);
 			continue;
 		}
 		if (c->relay_blocked & RELAY_BLOCKED_SERVER) {

@@ -262,6 +262,23 @@ const q = { name: "mypid", text: "SELECT pg_backend_pid() AS pid" };
 	check "pglane logs the pinned session" grep -q "named prepared statement: this session keeps its server connection" \
 		"$PGLANE_LOG"
 	check "pglane logs the reset" grep -q "its server connection is reset for the pool" "$PGLANE_LOG"
+	# Pinned sessions count against pool_size: with both connections pinned, the next client's query waits
+	# out query_wait_timeout, and the error's hint says why.
+	out=$(cd "$NODE_DIR" && in_env tp --production -- env NODE_EXTRA_CA_CERTS="$TEST_CA" node -e '
+const { Client } = require("pg");
+(async () => {
+  const a = new Client(), b = new Client(), c = new Client();
+  await a.connect(); await b.connect(); await c.connect();
+  c.on("error", () => {});
+  await a.query({ name: "s", text: "SELECT 1" });
+  await b.query({ name: "s", text: "SELECT 1" });
+  try { await c.query("SELECT 1"); console.log("served"); } catch (e) { console.log(e.code, e.hint); }
+  await a.end(); await b.end();
+  process.exit(0);
+})().catch((e) => { console.log("ERROR", e.message); process.exit(1); });
+' 2>&1)
+	check_match "two pinned sessions fill pool_size (2): the next query gets 57014, with a hint naming them" \
+		"^57014 2 sessions of this pool keep a server connection to their end for named prepared statements" "$out"
 else
 	note "node_deps unavailable: node's pg check skipped"
 fi
