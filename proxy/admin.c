@@ -161,14 +161,16 @@ static void show_pool_row(void *arg, const struct pool_info *in)
 			   num(1, in->waiting),
 			   num(2, in->servers),
 			   num(3, in->idle),
-			   num(4, in->pool_size)};
+			   num(4, in->pool_size),
+			   num(5, in->pinned)};
 	admin_row(arg, v, NCOLS(v));
 }
 
 /* Transaction pools: one per instance, timeline database and set of startup parameters. */
 static void show_pools(struct proxy *px, struct admin_out *o)
 {
-	static const char *const cols[] = {"instance", "database", "sessions", "waiting", "servers", "idle", "pool_size"};
+	static const char *const cols[] = {"instance", "database", "sessions", "waiting",
+					   "servers",  "idle",     "pool_size", "pinned"};
 
 	admin_columns(o, cols, NCOLS(cols));
 	pool_each_group(px, show_pool_row, o);

@@ -98,15 +98,15 @@ static void metrics_clients(struct proxy *px, struct evbuffer *b, uint64_t *byte
 /* Transaction pools: one line per pool and gauge. */
 struct metrics_pools {
 	struct evbuffer *b;
-	int field; /* 0 sessions, 1 waiting, 2 servers, 3 idle */
+	int field; /* 0 sessions, 1 waiting, 2 servers, 3 idle, 4 pinned */
 };
 
 static void metrics_pool_row(void *arg, const struct pool_info *in)
 {
 	const struct metrics_pools *m = arg;
 	static const char *const names[] = {"pglane_pool_sessions", "pglane_pool_waiting", "pglane_pool_servers",
-					    "pglane_pool_idle"};
-	unsigned v[] = {in->sessions, in->waiting, in->servers, in->idle};
+					    "pglane_pool_idle", "pglane_pool_pinned"};
+	unsigned v[] = {in->sessions, in->waiting, in->servers, in->idle, in->pinned};
 
 	evbuffer_add_printf(m->b, "%s{instance=\"", names[m->field]);
 	metrics_label(m->b, in->instance);
@@ -121,9 +121,11 @@ static void metrics_pools(struct proxy *px, struct evbuffer *b)
 	    "pglane_pool_sessions Sessions of a transaction pool (pool_mode = transaction).",
 	    "pglane_pool_waiting Sessions of a transaction pool waiting for a server connection.",
 	    "pglane_pool_servers Server connections of a transaction pool: in a transaction, idle or logging in.",
-	    "pglane_pool_idle Server connections of a transaction pool between transactions."};
+	    "pglane_pool_idle Server connections of a transaction pool between transactions.",
+	    "pglane_pool_pinned Sessions of a transaction pool that keep their server connection (named prepared "
+	    "statements)."};
 
-	for (int f = 0; f < 4; f++) {
+	for (int f = 0; f < 5; f++) {
 		struct metrics_pools m = {b, f};
 		char name[64];
 		snprintf(name, sizeof(name), "%.*s", (int)strcspn(help[f], " "), help[f]);

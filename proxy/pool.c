@@ -890,7 +890,8 @@ static void pool_group_visit(void *p, void *arg)
 	const struct pgroup *g = p;
 	const struct group_walk *w = arg;
 	struct pool_info in = {.instance = g->inst->name, .dbname = g->dbname, .sessions = g->nsessions,
-			       .servers = g->nserver, .pool_size = (unsigned)g->snap->conf->pool_size};
+			       .servers = g->nserver, .pool_size = (unsigned)g->snap->conf->pool_size,
+			       .pinned = g->npinned};
 	const struct conn *c;
 	const struct pooled *q;
 

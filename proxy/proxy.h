@@ -394,7 +394,7 @@ void pool_each(struct proxy *px, pool_each_fn *fn, void *arg);
 /* Calls fn for each transaction pool (SHOW POOLS). */
 struct pool_info {
 	const char *instance, *dbname;
-	unsigned sessions, waiting, servers, idle, pool_size;
+	unsigned sessions, waiting, servers, idle, pool_size, pinned;
 };
 typedef void pool_group_fn(void *arg, const struct pool_info *in);
 void pool_each_group(struct proxy *px, pool_group_fn *fn, void *arg);

@@ -264,7 +264,7 @@ const q = { name: "mypid", text: "SELECT pg_backend_pid() AS pid" };
 	check "pglane logs the reset" grep -q "its server connection is reset for the pool" "$PGLANE_LOG"
 	# Pinned sessions count against pool_size: with both connections pinned, the next client's query waits
 	# out query_wait_timeout, and the error's hint says why.
-	out=$(cd "$NODE_DIR" && in_env tp --production -- env NODE_EXTRA_CA_CERTS="$TEST_CA" node -e '
+	(cd "$NODE_DIR" && in_env tp --production -- env NODE_EXTRA_CA_CERTS="$TEST_CA" node -e '
 const { Client } = require("pg");
 (async () => {
   const a = new Client(), b = new Client(), c = new Client();
@@ -276,7 +276,15 @@ const { Client } = require("pg");
   await a.end(); await b.end();
   process.exit(0);
 })().catch((e) => { console.log("ERROR", e.message); process.exit(1); });
-' 2>&1)
+' >"$TMP/pinfull.out" 2>&1) &
+	sleep 1
+	check_match "SHOW POOLS: 3 sessions, 1 waiting, 2 servers, none idle, pool_size 2, 2 pinned" \
+		"^main tp-production 3 1 2 0 2 2$" "$(admin "SHOW POOLS")"
+	node "$NODE_DIR/httpget.js" "http://127.0.0.1:$HTTP_PORT/metrics" "$TMP/metrics.pinned" >/dev/null 2>&1
+	check_match "/metrics: pglane_pool_pinned 2 for that pool" \
+		'^pglane_pool_pinned\{instance="main",database="tp-production"\} 2$' "$(cat "$TMP/metrics.pinned")"
+	wait $!
+	out=$(cat "$TMP/pinfull.out")
 	check_match "two pinned sessions fill pool_size (2): the next query gets 57014, with a hint naming them" \
 		"^57014 2 sessions of this pool keep a server connection to their end for named prepared statements" "$out"
 else
