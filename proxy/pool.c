@@ -394,9 +394,34 @@ static void pool_give(struct pooled *p, struct conn *c)
 	c->be_addrlen = p->be_addrlen;
 }
 
-bool pool_release(struct conn *c)
+/* c's server connection moves to p, which sends it DISCARD ALL and reads the answer (pool_on_bytes()).
+ * False when the reset could not be sent; the connection is p's either way. */
+static bool pool_reset_from(struct pooled *p, struct conn *c)
 {
 	static const char discard[] = "Q\0\0\0\20DISCARD ALL"; /* length 16: 4 + 11 + NUL */
+
+	if (c->rs.fd >= 0 && !c->rs.ssl) {
+		p->fd = c->rs.fd;
+		p->rev = event_new(c->px->base, p->fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p);
+		if (p->rev)
+			event_add(p->rev, NULL); /* before the session's goes: epoll's registration stays */
+		relay_release_server(c); /* c no longer owns the socket */
+		return p->rev && send(p->fd, discard, sizeof(discard), MSG_NOSIGNAL) == (ssize_t)sizeof(discard);
+	}
+	if (c->rs.fd >= 0) /* a TLS server relayed on its socket: back to its bufferevent */
+		relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
+	p->bev = c->server;
+	p->ssl = c->be_ssl;
+	c->server = NULL;
+	c->be_ssl = NULL;
+	bufferevent_setcb(p->bev, pool_bev_read_cb, NULL, pool_bev_event_cb, p);
+	bufferevent_setwatermark(p->bev, EV_WRITE, 0, 0);
+	return bufferevent_write(p->bev, discard, sizeof(discard)) == 0 &&
+	       bufferevent_enable(p->bev, EV_READ | EV_WRITE) == 0;
+}
+
+bool pool_release(struct conn *c)
+{
 	struct proxy *px = c->px;
 	struct pooled *p;
 
@@ -417,26 +442,7 @@ bool pool_release(struct conn *c)
 	krelay_detach(c);
 	pool_keep(p, c);
 	pool_session_ends(c);
-	bool sent;
-	if (c->rs.fd >= 0 && !c->rs.ssl) {
-		p->fd = c->rs.fd;
-		relay_release_server(c); /* c no longer owns the socket */
-		p->rev = event_new(px->base, p->fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p);
-		sent = p->rev && send(p->fd, discard, sizeof(discard), MSG_NOSIGNAL) == (ssize_t)sizeof(discard);
-		if (p->rev)
-			event_add(p->rev, NULL);
-	} else {
-		if (c->rs.fd >= 0) /* a TLS server relayed on its socket: back to its bufferevent */
-			relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
-		p->bev = c->server;
-		p->ssl = c->be_ssl;
-		c->server = NULL;
-		c->be_ssl = NULL;
-		bufferevent_setcb(p->bev, pool_bev_read_cb, NULL, pool_bev_event_cb, p);
-		bufferevent_setwatermark(p->bev, EV_WRITE, 0, 0);
-		sent = bufferevent_write(p->bev, discard, sizeof(discard)) == 0 &&
-		       bufferevent_enable(p->bev, EV_READ | EV_WRITE) == 0;
-	}
+	bool sent = pool_reset_from(p, c);
 	TAILQ_INSERT_TAIL(&px->pool, p, link);
 	px->npooled++;
 	if (!sent) {
@@ -737,7 +743,6 @@ bool pool_txn_park(struct conn *c)
 
 bool pool_txn_retire(struct conn *c)
 {
-	static const char discard[] = "Q\0\0\0\20DISCARD ALL";
 	struct proxy *px = c->px;
 	struct pgroup *g = c->group;
 	struct pooled *p;
@@ -754,26 +759,7 @@ bool pool_txn_retire(struct conn *c)
 		return false;
 	}
 	pool_keep(p, c);
-	bool sent;
-	if (c->rs.fd >= 0 && !c->rs.ssl) {
-		p->fd = c->rs.fd;
-		p->rev = event_new(px->base, p->fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p);
-		if (p->rev)
-			event_add(p->rev, NULL); /* before the session's goes, as in pool_txn_park() */
-		relay_release_server(c);
-		sent = p->rev && send(p->fd, discard, sizeof(discard), MSG_NOSIGNAL) == (ssize_t)sizeof(discard);
-	} else {
-		if (c->rs.fd >= 0)
-			relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
-		p->bev = c->server;
-		p->ssl = c->be_ssl;
-		c->server = NULL;
-		c->be_ssl = NULL;
-		bufferevent_setcb(p->bev, pool_bev_read_cb, NULL, pool_bev_event_cb, p);
-		bufferevent_setwatermark(p->bev, EV_WRITE, 0, 0);
-		sent = bufferevent_write(p->bev, discard, sizeof(discard)) == 0 &&
-		       bufferevent_enable(p->bev, EV_READ | EV_WRITE) == 0;
-	}
+	bool sent = pool_reset_from(p, c);
 	c->be_pid = c->be_key = 0;
 	c->holds_slot = false; /* the slot goes with the connection, which is not on idle until reset */
 	p->g = g;
