@@ -6,6 +6,8 @@
  *   RELOAD, PAUSE [app], RESUME [app], KILL CLIENT id, SHUTDOWN
  * PAUSE holds new sessions (of one app, or all) after their login, before they reach an instance;
  * RESUME lets them go.  Sessions already running are not touched.
+ * The console runs on the worker its connection landed on; the views gather every worker's sessions and
+ * pools (worker_each()), and RELOAD, PAUSE, RESUME, KILL and SHUTDOWN reach every worker.
  */
 #include "proxy/proxy.h"
 
@@ -86,7 +88,7 @@ static void admin_error(struct admin_out *o, const char *sqlstate, const char *m
 /* ---------------------------------------------------------------- SHOW */
 
 #define NCOLS(a) (sizeof(a) / sizeof((a)[0]))
-static char admin_num[ADMIN_MAX_COLS][32];
+static _Thread_local char admin_num[ADMIN_MAX_COLS][32];
 
 static const char *num(int slot, unsigned long long v)
 {
@@ -94,13 +96,21 @@ static const char *num(int slot, unsigned long long v)
 	return admin_num[slot];
 }
 
-static size_t admin_app_clients(const struct proxy *px, const char *app)
+/* Sessions per app of conf, over the workers. */
+struct app_clients {
+	const struct conf *conf;
+	size_t *n; /* by app index */
+};
+
+static void admin_app_clients(struct proxy *px, void *arg)
 {
-	size_t n = 0;
+	struct app_clients *a = arg;
 	const struct conn *it;
+	const struct conf_app *app;
+
 	TAILQ_FOREACH(it, &px->conns, link)
-	n += it->route.app && strcmp(it->route.id.app, app) == 0;
-	return n;
+	if (it->route.app && (app = conf_app_find(a->conf, it->route.id.app)))
+		a->n[app - a->conf->apps]++;
 }
 
 static void show_instances(struct proxy *px, struct admin_out *o)
@@ -128,7 +138,11 @@ static void show_apps(struct proxy *px, struct admin_out *o)
 {
 	static const char *const cols[] = {"id", "instance", "provision", "production_branch", "clients", "paused"};
 	const struct conf *c = px->snap->conf;
+	struct app_clients ac = {c, calloc(c->napps + 1, sizeof(size_t))};
 
+	if (!ac.n)
+		return admin_error(o, "53200", "out of memory");
+	worker_each(px->lane, px, admin_app_clients, &ac);
 	admin_columns(o, cols, NCOLS(cols));
 	for (size_t a = 0; a < c->napps; a++) {
 		const struct conf_app *app = &c->apps[a];
@@ -136,10 +150,11 @@ static void show_apps(struct proxy *px, struct admin_out *o)
 				   app->instance_name,
 				   app->provision == PROVISION_AUTO ? "auto" : "manual",
 				   app->production_branch,
-				   num(0, admin_app_clients(px, app->id)),
+				   num(0, ac.n[a]),
 				   admin_is_paused(px, app->id) ? "yes" : "no"};
 		admin_row(o, v, NCOLS(v));
 	}
+	free(ac.n);
 	admin_complete(o, "SHOW");
 }
 
@@ -153,8 +168,14 @@ static void show_kept_server(void *arg, const char *instance, const char *dbname
 	admin_row(arg, v, NCOLS(v));
 }
 
+struct pool_rows {
+	struct admin_out *o;
+	unsigned wid;
+};
+
 static void show_pool_row(void *arg, const struct pool_info *in)
 {
+	const struct pool_rows *r = arg;
 	const char *v[] = {in->instance,
 			   in->dbname,
 			   num(0, in->sessions),
@@ -162,34 +183,42 @@ static void show_pool_row(void *arg, const struct pool_info *in)
 			   num(2, in->servers),
 			   num(3, in->idle),
 			   num(4, in->pool_size),
-			   num(5, in->pinned)};
-	admin_row(arg, v, NCOLS(v));
+			   num(5, in->pinned),
+			   num(6, r->wid)};
+	admin_row(r->o, v, NCOLS(v));
 }
 
-/* Transaction pools: one per instance, timeline database and set of startup parameters. */
+static void show_pools_of(struct proxy *px, void *arg)
+{
+	struct pool_rows r = {arg, px->wid};
+	pool_each_group(px, show_pool_row, &r);
+}
+
+/* Transaction pools: one per worker, instance, timeline database and set of startup parameters. */
 static void show_pools(struct proxy *px, struct admin_out *o)
 {
-	static const char *const cols[] = {"instance", "database", "sessions", "waiting",
-					   "servers",  "idle",     "pool_size", "pinned"};
+	static const char *const cols[] = {"instance", "database", "sessions",  "waiting",
+					   "servers",  "idle",     "pool_size", "pinned", "worker"};
 
 	admin_columns(o, cols, NCOLS(cols));
-	pool_each_group(px, show_pool_row, o);
+	worker_each(px->lane, px, show_pools_of, o);
 	admin_complete(o, "SHOW");
 }
 
-static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
+struct client_rows {
+	struct admin_out *o;
+	bool servers;
+};
+
+static void show_clients_of(struct proxy *px, void *arg)
 {
-	static const char *const ccols[] = {"id",    "peer",  "app",      "timeline",  "database",
-					    "state", "since", "bytes_in", "bytes_out", "tls"};
-	static const char *const scols[] = {"client_id", "instance", "database", "server_pid", "tls", "state"};
+	struct client_rows *r = arg;
+	struct admin_out *o = r->o;
+	bool servers = r->servers;
 	struct timespec now;
 	struct conn *it;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (servers)
-		admin_columns(o, scols, NCOLS(scols));
-	else
-		admin_columns(o, ccols, NCOLS(ccols));
 	for (int list = 0; list < 2; list++) {
 		TAILQ_FOREACH(it, list ? &px->paused : &px->conns, link)
 		{
@@ -226,50 +255,103 @@ static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
 	}
 	if (servers) /* and the server connections no client holds now (server_idle_timeout) */
 		pool_each(px, show_kept_server, o);
+}
+
+static void show_clients(struct proxy *px, struct admin_out *o, bool servers)
+{
+	static const char *const ccols[] = {"id",    "peer",  "app",      "timeline",  "database",
+					    "state", "since", "bytes_in", "bytes_out", "tls"};
+	static const char *const scols[] = {"client_id", "instance", "database", "server_pid", "tls", "state"};
+	struct client_rows r = {o, servers};
+
+	if (servers)
+		admin_columns(o, scols, NCOLS(scols));
+	else
+		admin_columns(o, ccols, NCOLS(ccols));
+	worker_each(px->lane, px, show_clients_of, &r);
 	admin_complete(o, "SHOW");
+}
+
+/* The timeline databases sessions are routed to, over the workers: one entry per instance and database. */
+struct db_entry {
+	char app[APP_ID_MAX + 1], tl[TIMELINE_BRANCH_MAX + 16], dbname[128], instance[64];
+	bool creating;
+	size_t clients; /* relaying now */
+};
+struct db_rows {
+	struct db_entry *e;
+	size_t n, cap;
+	bool oom;
+};
+
+static void show_databases_of(struct proxy *px, void *arg)
+{
+	struct db_rows *r = arg;
+	struct conn *it;
+
+	TAILQ_FOREACH(it, &px->conns, link)
+	{
+		if (!it->route.app || it->state < CONN_CONNECT || it->admin)
+			continue;
+		size_t i = 0;
+		while (i < r->n && !(strcmp(r->e[i].instance, it->inst->name) == 0 &&
+				     strcmp(r->e[i].dbname, it->route.dbname) == 0))
+			i++;
+		if (i == r->n) {
+			if (r->n == r->cap) {
+				size_t cap = r->cap ? r->cap * 2 : 16;
+				struct db_entry *e = realloc(r->e, cap * sizeof(*e));
+				if (!e) {
+					r->oom = true;
+					return;
+				}
+				r->e = e, r->cap = cap;
+			}
+			struct db_entry *e = &r->e[r->n++];
+			memset(e, 0, sizeof(*e));
+			snprintf(e->app, sizeof(e->app), "%s", it->route.id.app);
+			timeline_label(&it->route.id.tl, e->tl, sizeof(e->tl));
+			snprintf(e->dbname, sizeof(e->dbname), "%s", it->route.dbname);
+			snprintf(e->instance, sizeof(e->instance), "%s", it->inst->name);
+		}
+		r->e[i].clients += it->state == CONN_RELAY;
+		r->e[i].creating |= autoprov_creating(px, it->inst, it->route.dbname);
+	}
 }
 
 static void show_databases(struct proxy *px, struct admin_out *o)
 {
 	static const char *const cols[] = {"app", "timeline", "database", "instance", "state", "clients"};
-	struct conn *it, *jt;
+	struct db_rows r = {0};
 
+	worker_each(px->lane, px, show_databases_of, &r);
+	if (r.oom) {
+		free(r.e);
+		return admin_error(o, "53200", "out of memory");
+	}
 	admin_columns(o, cols, NCOLS(cols));
-	TAILQ_FOREACH(it, &px->conns, link)
-	{
-		if (!it->route.app || it->state < CONN_CONNECT || it->admin)
-			continue;
-		bool seen = false;
-		size_t n = 0;
-		TAILQ_FOREACH(jt, &px->conns, link)
-		{
-			if (jt == it)
-				break;
-			seen |= jt->route.app && jt->state >= CONN_CONNECT && !jt->admin && jt->inst == it->inst &&
-				strcmp(jt->route.dbname, it->route.dbname) == 0;
-		}
-		if (seen)
-			continue;
-		TAILQ_FOREACH(jt, &px->conns, link)
-		n += jt->state == CONN_RELAY && jt->inst == it->inst && strcmp(jt->route.dbname, it->route.dbname) == 0;
-		char tl[TIMELINE_BRANCH_MAX + 16];
-		timeline_label(&it->route.id.tl, tl, sizeof(tl));
-		const char *v[] = {it->route.id.app, tl, it->route.dbname, it->inst->name,
-				   autoprov_creating(px, it->inst, it->route.dbname) ? "Creating" : "Connected", num(0, n)};
+	for (size_t i = 0; i < r.n; i++) {
+		const struct db_entry *e = &r.e[i];
+		const char *v[] = {e->app, e->tl, e->dbname, e->instance, e->creating ? "Creating" : "Connected",
+				   num(0, e->clients)};
 		admin_row(o, v, NCOLS(v));
 	}
+	free(r.e);
 	admin_complete(o, "SHOW");
 }
 
 static void show_stats(struct proxy *px, struct admin_out *o)
 {
 	static const char *const cols[] = {"name", "value"};
-	const struct stats *s = &px->stats;
+	struct stats_sum sum = {0};
+	const struct stats *s = &sum.s;
+
+	worker_each(px->lane, px, stats_gather, &sum);
 	const struct {
 		const char *name;
 		uint64_t v;
 	} rows[] = {
-		{"clients", px->nclients},
+		{"clients", sum.clients},
 		{"accepted", s->accepted},
 		{"routed", s->routed},
 		{"refused_too_many", s->refused_too_many},
@@ -287,9 +369,9 @@ static void show_stats(struct proxy *px, struct admin_out *o)
 		{"provision_failures", s->provisions_failed},
 		{"server_connections_kept", s->pool_kept},
 		{"server_connections_reused", s->pool_reused},
-		{"server_connections_idle", px->npooled},
-		{"reloads", s->reloads_ok},
-		{"reloads_rejected", s->reloads_failed},
+		{"server_connections_idle", sum.pooled},
+		{"reloads", atomic_load(&px->lane->reloads_ok)},
+		{"reloads_rejected", atomic_load(&px->lane->reloads_failed)},
 		{"bytes_in_closed", s->bytes_in},
 		{"bytes_out_closed", s->bytes_out},
 	};
@@ -381,12 +463,18 @@ static void admin_release(struct proxy *px)
 	}
 }
 
-static bool admin_pause(struct proxy *px, const char *app, bool pause, char *err, size_t errlen)
+struct pause_req {
+	const char *app; /* "" for all */
+	bool pause;
+	bool oom;        /* a worker could not note it */
+};
+
+static void admin_pause_fn(struct proxy *px, void *arg)
 {
-	if (*app && !conf_app_find(px->snap->conf, app)) {
-		snprintf(err, errlen, "no app \"%s\"", app);
-		return false;
-	}
+	struct pause_req *r = arg;
+	const char *app = r->app;
+	bool pause = r->pause;
+
 	if (!*app) {
 		px->pause_all = pause;
 		if (!pause) {
@@ -399,8 +487,8 @@ static bool admin_pause(struct proxy *px, const char *app, bool pause, char *err
 		if (!a || !(a[px->npaused_apps] = strdup(app))) {
 			if (a)
 				px->paused_apps = a;
-			snprintf(err, errlen, "out of memory");
-			return false;
+			r->oom = true;
+			return;
 		}
 		px->paused_apps = a;
 		px->npaused_apps++;
@@ -413,10 +501,46 @@ static bool admin_pause(struct proxy *px, const char *app, bool pause, char *err
 			}
 		}
 	}
-	log_msg(LOG_INFO, "%s %s", pause ? "PAUSE" : "RESUME", *app ? app : "all");
 	if (!pause)
 		admin_release(px);
+}
+
+static bool admin_pause(struct proxy *px, const char *app, bool pause, char *err, size_t errlen)
+{
+	struct pause_req r = {app, pause, false};
+
+	if (*app && !conf_app_find(px->snap->conf, app)) {
+		snprintf(err, errlen, "no app \"%s\"", app);
+		return false;
+	}
+	worker_each(px->lane, px, admin_pause_fn, &r);
+	if (r.oom) {
+		snprintf(err, errlen, "out of memory");
+		return false;
+	}
+	log_msg(LOG_INFO, "%s %s", pause ? "PAUSE" : "RESUME", *app ? app : "all");
 	return true;
+}
+
+struct kill_req {
+	uint64_t id;
+	const struct conn *self; /* the console asking */
+	int found;               /* 0 none, 1 killed, -1 it is the console itself */
+};
+
+static void admin_kill_fn(struct proxy *px, void *arg)
+{
+	struct kill_req *r = arg;
+	struct conn *it;
+
+	for (int list = 0; list < 2 && !r->found; list++)
+		TAILQ_FOREACH(it, list ? &px->paused : &px->conns, link)
+		if (it->id == r->id) {
+			r->found = it == r->self ? -1 : 1;
+			if (it != r->self)
+				conn_close(it, "killed by admin");
+			return;
+		}
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -441,7 +565,7 @@ static size_t admin_words(char *q, char **w, size_t max)
 	return n;
 }
 
-static void admin_query(struct conn *c, char *q, struct admin_out *o)
+static void admin_query_run(struct conn *c, char *q, struct admin_out *o)
 {
 	struct proxy *px = c->px;
 	char *w[4], err[256];
@@ -477,8 +601,8 @@ static void admin_query(struct conn *c, char *q, struct admin_out *o)
 			return admin_complete(o, "SHOW");
 		}
 	} else if (strcmp(w[0], "reload") == 0 && n == 1) {
-		static char rerr[16384];
-		if (!proxy_reload(px, rerr, sizeof(rerr))) {
+		static _Thread_local char rerr[16384];
+		if (!proxy_reload(px->lane, px, rerr, sizeof(rerr))) {
 			char *nl = strchr(rerr, '\n');
 			if (nl)
 				*nl = '\0';
@@ -492,24 +616,30 @@ static void admin_query(struct conn *c, char *q, struct admin_out *o)
 		return admin_complete(o, pause ? "PAUSE" : "RESUME");
 	} else if (strcmp(w[0], "kill") == 0 && n == 3 && strcmp(w[1], "client") == 0) {
 		char *end;
-		unsigned long long id = strtoull(w[2], &end, 10);
-		struct conn *it;
-		for (int list = 0; *end == '\0' && list < 2; list++)
-			TAILQ_FOREACH(it, list ? &px->paused : &px->conns, link)
-			if (it->id == id) {
-				if (it == c)
-					return admin_error(o, "42601", "KILL CLIENT: that is this connection");
-				conn_close(it, "killed by admin");
-				return admin_complete(o, "KILL");
-			}
+		struct kill_req r = {strtoull(w[2], &end, 10), c, 0};
+		if (*end == '\0')
+			worker_each(px->lane, px, admin_kill_fn, &r);
+		if (r.found < 0)
+			return admin_error(o, "42601", "KILL CLIENT: that is this connection");
+		if (r.found > 0)
+			return admin_complete(o, "KILL");
 		return admin_error(o, "42704", "KILL CLIENT: no client with that id");
 	} else if (strcmp(w[0], "shutdown") == 0 && n == 1) {
-		proxy_begin_shutdown(px);
+		proxy_shutdown_all(px->lane, px);
 		return admin_complete(o, "SHUTDOWN");
 	}
 	admin_error(o, "42601",
 		    "unknown admin command; try SHOW INSTANCES|APPS|DATABASES|CLIENTS|SERVERS|POOLS|STATS|CONFIG|VERSION, "
 		    "RELOAD, PAUSE [app], RESUME [app], KILL CLIENT id, SHUTDOWN");
+}
+
+/* The command runs with a reference to the snapshot it began with: while it gathers from the other workers,
+ * this worker serves their calls, a reload's among them. */
+static void admin_query(struct conn *c, char *q, struct admin_out *o)
+{
+	struct snapshot *s = snapshot_ref(c->px->snap);
+	admin_query_run(c, q, o);
+	snapshot_unref(s);
 }
 
 static void admin_read_cb(struct bufferevent *bev, void *arg)

@@ -389,11 +389,12 @@ static void be_on_login(struct conn *c, struct evbuffer *in)
 			evbuffer_drain(in, total);
 			c->be_phase = BE_READY;
 			c->px->stats.routed += !c->reopen; /* a session's new server connection is no new routing */
-			struct inst_live *l = inst_live_get(c->px, c->inst->name);
+			struct inst_live *l = inst_live_lock(c->px, c->inst->name);
 			if (l) {
 				l->seen = l->reachable = true;
 				l->error[0] = '\0';
 				snprintf(l->tls, sizeof(l->tls), "%s", c->be_ssl ? SSL_get_version(c->be_ssl) : "");
+				inst_live_unlock(c->px);
 			}
 			if (c->reopen) {
 				c->reopen = false;
@@ -410,10 +411,12 @@ static void be_on_login(struct conn *c, struct evbuffer *in)
 		default: /* ParameterStatus, NoticeResponse, NegotiateProtocolVersion: as the server sent them */
 			if (m.type == PG_MSG_PARAMETER_STATUS && m.body_len > 15 &&
 			    memcmp(m.body, "server_version", 15) == 0) {
-				struct inst_live *live = inst_live_get(c->px, c->inst->name);
 				const char *v = (const char *)m.body + 15;
-				if (live && memchr(v, '\0', m.body_len - 15))
+				struct inst_live *live;
+				if (memchr(v, '\0', m.body_len - 15) && (live = inst_live_lock(c->px, c->inst->name))) {
 					snprintf(live->server_version, sizeof(live->server_version), "%s", v);
+					inst_live_unlock(c->px);
+				}
 			}
 			if (c->reopen) /* the client heard its parameters at login */
 				break;

@@ -117,7 +117,7 @@ struct conn *conn_new(struct proxy *px, evutil_socket_t fd, const struct sockadd
 
 	if (!c)
 		return NULL;
-	c->id = ++px->next_id;
+	c->id = atomic_fetch_add_explicit(&px->lane->next_id, 1, memory_order_relaxed) + 1;
 	c->px = px;
 	c->state = CONN_STARTUP;
 	clock_gettime(CLOCK_MONOTONIC, &c->started);
@@ -140,6 +140,7 @@ struct conn *conn_new(struct proxy *px, evutil_socket_t fd, const struct sockadd
 	}
 	TAILQ_INSERT_TAIL(&px->conns, c, link);
 	px->nclients++;
+	atomic_fetch_add_explicit(&px->lane->nclients, 1, memory_order_relaxed);
 	px->stats.accepted++;
 	conn_arm_timer(c, px->snap->conf->login_timeout_ms);
 	return c;
@@ -207,6 +208,7 @@ void conn_close(struct conn *c, const char *reason)
 	cancel_map_remove(c->px, c);
 	autoprov_forget(c);
 	pool_conn_gone(c);
+	app_session_put(c);
 	if (c->client)
 		bufferevent_disable(c->client, EV_READ | EV_WRITE);
 	if (c->server)
@@ -215,6 +217,7 @@ void conn_close(struct conn *c, const char *reason)
 	if (c->timer)
 		evtimer_del(c->timer);
 	c->px->nclients--;
+	atomic_fetch_sub_explicit(&c->px->lane->nclients, 1, memory_order_relaxed);
 	c->px->stats.bytes_in += c->bytes_in;
 	c->px->stats.bytes_out += c->bytes_out;
 	if (c->parked)
@@ -284,10 +287,11 @@ static void conn_vfail(struct conn *c, const char *sqlstate, const char *hint, c
 		c->px->stats.backend_errors++;
 	struct inst_live *l;
 	if (c->state == CONN_CONNECT && strcmp(sqlstate, "08001") == 0 && c->inst &&
-	    (l = inst_live_get(c->px, c->inst->name))) { /* the instance could not be reached or refused us */
+	    (l = inst_live_lock(c->px, c->inst->name))) { /* the instance could not be reached or refused us */
 		l->seen = true;
 		l->reachable = false;
 		snprintf(l->error, sizeof(l->error), "%.255s", msg);
+		inst_live_unlock(c->px);
 	}
 	pg_put_error(&b, "FATAL", sqlstate, msg, NULL, hint);
 	relay_close_server(c); /* its events first: a TLS server's socket is the bufferevent's to close */
@@ -371,14 +375,18 @@ static int cancel_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Picks a random key no live session holds and registers c under it. */
+/* Picks a random key no live session of px holds and registers c under it.  Its low bits are px's worker
+ * index (lane->mask), so a CancelRequest that lands on another worker finds its way here. */
 bool cancel_map_add(struct proxy *px, struct conn *c)
 {
+	uint32_t mask = px->lane->mask;
+
 	if (!px->cancel_map && !(px->cancel_map = OPENSSL_LH_new(cancel_hash, cancel_cmp)))
 		return false;
 	for (int tries = 0; tries < 16; tries++) {
 		if (RAND_bytes((unsigned char *)&c->cancel_key, sizeof(c->cancel_key)) != 1)
 			return false;
+		c->cancel_key = (c->cancel_key & ~mask) | px->wid;
 		if (c->cancel_key && !cancel_map_find(px, c->cancel_key)) {
 			OPENSSL_LH_insert(px->cancel_map, c);
 			if (!OPENSSL_LH_error(px->cancel_map))
@@ -411,7 +419,6 @@ void proxy_caches_free(struct proxy *px)
 {
 	OPENSSL_LH_free(px->cancel_map);
 	px->cancel_map = NULL;
-	ratelimit_free(px);
 	frontend_caches_free(px);
 }
 

@@ -369,19 +369,24 @@ static void fe_on_startup_message(struct conn *c)
 
 static void fe_on_cancel(struct conn *c)
 {
-	struct conn *t = cancel_map_find(c->px, c->lg->su.cancel_key);
-
 	c->px->stats.cancel_requests++;
+	worker_cancel(c->px, c->lg->su.cancel_key, c->lg->su.cancel_pid, c->peer);
+	conn_close(c, "cancel request handled");
+}
+
+void proxy_cancel(struct proxy *px, uint32_t key, uint32_t pid, const char *peer, unsigned via)
+{
+	struct conn *t = cancel_map_find(px, key);
+
 	/* As PostgreSQL: an unknown key is dropped without a word, so keys cannot be probed. */
 	/* In transaction mode the session may hold no server connection: then nothing runs to cancel. */
-	if (t && t->client_pid == c->lg->su.cancel_pid && t->state == CONN_RELAY && t->be_pid != 0) {
-		log_conn(LOG_INFO, t, "cancel request from %s", c->peer);
-		c->px->stats.cancels_forwarded++;
-		backend_forward_cancel(c->px, t);
+	if (t && t->client_pid == pid && t->state == CONN_RELAY && t->be_pid != 0) {
+		log_conn(LOG_INFO, t, "cancel request from %s%s", peer, via != px->wid ? " (through another worker)" : "");
+		px->stats.cancels_forwarded++;
+		backend_forward_cancel(px, t);
 	} else {
-		log_conn(LOG_DEBUG, c, "cancel request with an unknown key ignored");
+		log_msg(LOG_DEBUG, "cancel request from %s with an unknown key ignored", peer);
 	}
-	conn_close(c, "cancel request handled");
 }
 
 /* Starts the client's handshake.  After an SSLRequest nothing is buffered, so TLS takes over the socket
@@ -531,18 +536,6 @@ static void fe_auth_failed(struct conn *c, const char *why)
 }
 
 /* Sessions of c's app past authentication, c included (a walk over the list: logins only, not the relay). */
-static size_t fe_app_sessions(const struct conn *c)
-{
-	size_t n = 0;
-	const struct conn *it;
-
-	for (int list = 0; list < 2; list++)
-		TAILQ_FOREACH(it, list ? &c->px->paused : &c->px->conns, link)
-		n += it->route.app && !it->admin && (it->state >= CONN_CONNECT || it == c) &&
-		     strcmp(it->route.id.app, c->route.id.app) == 0;
-	return n;
-}
-
 static void fe_auth_done(struct conn *c)
 {
 	struct pgbuf b = {0};
@@ -558,7 +551,7 @@ static void fe_auth_done(struct conn *c)
 		conn_fail(c, "42501", "database not allowed", "%s", c->lg->route_err);
 		return;
 	}
-	if (!c->admin && c->route.app->max_clients > 0 && fe_app_sessions(c) > (size_t)c->route.app->max_clients) {
+	if (!c->admin && !app_session_take(c, c->route.app->max_clients)) {
 		c->px->stats.refused_too_many++;
 		conn_fail(c, "53300", "too many clients for the app", "too many clients for app \"%s\" (max_clients = %d)",
 			  c->route.id.app, c->route.app->max_clients);

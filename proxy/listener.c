@@ -1,6 +1,8 @@
 /*
  * listener: the sockets pglane accepts on ([pglane] listen), and the accept callback that turns a
- * socket into a connection, refusing it with 53300 when max_clients are already connected.
+ * socket into a connection, refusing it with 53300 when max_clients are already connected.  With several
+ * workers each binds its own socket to the same address with SO_REUSEPORT, and the kernel spreads new
+ * connections over them.
  */
 #include "proxy/proxy.h"
 
@@ -29,7 +31,7 @@ static void listener_accept_cb(struct evconnlistener *l, evutil_socket_t fd, str
 		return;
 	}
 	frontend_start(c);
-	if (px->nclients > (size_t)px->snap->conf->max_clients) {
+	if (atomic_load_explicit(&px->lane->nclients, memory_order_relaxed) > (size_t)px->snap->conf->max_clients) {
 		px->stats.refused_too_many++;
 		conn_fail(c, "53300", "too many clients", "sorry, too many clients already (max_clients = %d)",
 			  px->snap->conf->max_clients);
@@ -42,8 +44,28 @@ static void listener_error_cb(struct evconnlistener *l, void *arg)
 	log_msg(LOG_ERROR, "accept failed: %s", evutil_socket_error_to_string(err));
 }
 
+/* The port worker 0's listener i is bound to: the others bind there too (it differs from the file's when
+ * that says 0). */
+static void listener_first_port(const struct proxy *px, size_t i, char *out, size_t outlen)
+{
+	const struct proxy *first = &px->lane->px[0];
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (i >= first->nlisteners ||
+	    getsockname(evconnlistener_get_fd(first->listeners[i]), (struct sockaddr *)&ss, &len) != 0)
+		return;
+	snprintf(out, outlen, "%u",
+		 ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+						: ((struct sockaddr_in *)&ss)->sin_port));
+}
+
 bool listener_open_all(struct proxy *px, const struct conf *c, char *err, size_t errlen)
 {
+	unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
+
+	if (px->lane->n > 1)
+		flags |= LEV_OPT_REUSEABLE_PORT;
 	px->listeners = calloc(c->nlisten, sizeof(*px->listeners));
 	if (!px->listeners) {
 		snprintf(err, errlen, "out of memory");
@@ -54,15 +76,18 @@ bool listener_open_all(struct proxy *px, const struct conf *c, char *err, size_t
 		hints.ai_family = AF_UNSPEC;
 		hints.ai_socktype = SOCK_STREAM;
 		hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_ADDRCONFIG;
-		int rc = evutil_getaddrinfo(c->listen[i].host, c->listen[i].port, &hints, &ai);
+		char port[16];
+		snprintf(port, sizeof(port), "%s", c->listen[i].port);
+		if (px->wid > 0)
+			listener_first_port(px, i, port, sizeof(port));
+		int rc = evutil_getaddrinfo(c->listen[i].host, port, &hints, &ai);
 		if (rc != 0) {
 			snprintf(err, errlen, "listen %s:%s: %s", c->listen[i].host, c->listen[i].port,
 				 evutil_gai_strerror(rc));
 			return false;
 		}
-		struct evconnlistener *l = evconnlistener_new_bind(
-			px->base, listener_accept_cb, px, LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-			1024, ai->ai_addr, (int)ai->ai_addrlen);
+		struct evconnlistener *l = evconnlistener_new_bind(px->base, listener_accept_cb, px, flags, 1024,
+								   ai->ai_addr, (int)ai->ai_addrlen);
 		evutil_freeaddrinfo(ai);
 		if (!l) {
 			snprintf(err, errlen, "cannot listen on %s:%s: %s", c->listen[i].host, c->listen[i].port,
@@ -71,7 +96,9 @@ bool listener_open_all(struct proxy *px, const struct conf *c, char *err, size_t
 		}
 		evconnlistener_set_error_cb(l, listener_error_cb);
 		px->listeners[px->nlisteners++] = l;
-		log_msg(LOG_INFO, "listening on %s:%s", c->listen[i].host, c->listen[i].port);
+		if (px->wid == 0)
+			log_msg(LOG_INFO, "listening on %s:%s%s", c->listen[i].host, port,
+				px->lane->n > 1 ? " (SO_REUSEPORT, one socket per worker)" : "");
 	}
 	return true;
 }

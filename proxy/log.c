@@ -2,16 +2,19 @@
  * log: one line per event, as text ("2026-11-29T05:10:00.123Z info C-42 demo/production 127.0.0.1:5000 ...")
  * or as JSON ({"ts":...,"level":...,"conn":42,"app":"demo","timeline":"production","peer":...,"msg":...}),
  * to stderr, to log_file (reopened on SIGHUP, for logrotate) or to syslog (log_file = syslog).  Lines carry the connection; they never
- * carry a password, a token or a SCRAM message.
+ * carry a password, a token or a SCRAM message.  The workers share the destination: a mutex keeps each line
+ * whole and a reopen from pulling the file from under a line.
  */
 #include "proxy/proxy.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 
-static enum log_level log_min = LOG_INFO;
+static _Atomic enum log_level log_min = LOG_INFO;
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER; /* what follows, and the lines written */
 static bool log_json;
 static bool log_syslog; /* log_file = syslog */
 static FILE *log_out;   /* NULL: stderr (or syslog) */
@@ -39,6 +42,7 @@ bool log_parse_level(const char *s, enum log_level *out)
 
 bool log_reopen(const struct conf *c)
 {
+	pthread_mutex_lock(&log_mu);
 	log_json = c->log_format && strcmp(c->log_format, "json") == 0;
 	bool to_syslog = c->log_file && strcmp(c->log_file, "syslog") == 0;
 	if (to_syslog && !log_syslog)
@@ -50,10 +54,12 @@ bool log_reopen(const struct conf *c)
 		if (log_out)
 			fclose(log_out);
 		log_out = NULL;
+		pthread_mutex_unlock(&log_mu);
 		return true;
 	}
 	FILE *f = fopen(c->log_file, "a");
 	if (!f) {
+		pthread_mutex_unlock(&log_mu);
 		log_msg(LOG_ERROR, "cannot open log_file %s; logging stays where it was", c->log_file);
 		return false;
 	}
@@ -61,6 +67,7 @@ bool log_reopen(const struct conf *c)
 	if (log_out)
 		fclose(log_out);
 	log_out = f;
+	pthread_mutex_unlock(&log_mu);
 	return true;
 }
 
@@ -174,7 +181,9 @@ void log_msg(enum log_level l, const char *fmt, ...)
 	if (l < log_min)
 		return;
 	va_start(ap, fmt);
+	pthread_mutex_lock(&log_mu);
 	log_vline(l, NULL, fmt, ap);
+	pthread_mutex_unlock(&log_mu);
 	va_end(ap);
 }
 
@@ -185,6 +194,8 @@ void log_conn(enum log_level l, const struct conn *c, const char *fmt, ...)
 	if (l < log_min)
 		return;
 	va_start(ap, fmt);
+	pthread_mutex_lock(&log_mu);
 	log_vline(l, c, fmt, ap);
+	pthread_mutex_unlock(&log_mu);
 	va_end(ap);
 }

@@ -41,37 +41,55 @@ static void proxy_apply_log_level(const struct conf *c)
 		log_set_level(l);
 }
 
-bool proxy_reload(struct proxy *px, char *err, size_t errlen)
+/* Installs s on px unless px already has a later reload's snapshot (two reloads may race to the workers). */
+static void proxy_swap_snapshot(struct proxy *px, void *arg)
 {
-	static char warn[16384];
-	struct conf *conf = conf_load(px->conf_path, err, errlen);
+	struct snapshot *s = arg;
+
+	if (px->snap && px->snap->gen >= s->gen)
+		return;
+	snapshot_unref(px->snap);
+	px->snap = snapshot_ref(s);
+}
+
+bool proxy_reload(struct lane *ln, struct proxy *self, char *err, size_t errlen)
+{
+	struct conf *conf = conf_load(ln->conf_path, err, errlen);
 	struct snapshot *s = NULL;
+	char *warn;
 
 	if (conf && !(s = snapshot_new(conf, err, errlen)))
 		conf_free(conf);
 	if (!s) {
-		px->stats.reloads_failed++;
+		atomic_fetch_add(&ln->reloads_failed, 1);
 		proxy_log_lines(LOG_ERROR, "reload rejected, old configuration kept: ", err);
 		return false;
 	}
-	if (conf_warnings(conf, warn, sizeof(warn)) > 0)
+	if ((warn = malloc(16384)) && conf_warnings(conf, warn, 16384) > 0)
 		proxy_log_lines(LOG_WARNING, "", warn);
-	const struct conf *old = px->snap->conf;
-	bool listen_changed = old->nlisten != conf->nlisten;
+	free(warn);
+	pthread_mutex_lock(&ln->shared_mu);
+	s->gen = atomic_fetch_add(&ln->snap_gen, 1) + 1;
+	struct snapshot *prev = ln->snap;
+	ln->snap = snapshot_ref(s);
+	pthread_mutex_unlock(&ln->shared_mu);
+	const struct conf *old = prev->conf;
+	bool listen_changed = old->nlisten != conf->nlisten || old->workers != conf->workers;
 	for (size_t i = 0; !listen_changed && i < conf->nlisten; i++)
 		listen_changed = strcmp(old->listen[i].host, conf->listen[i].host) != 0 ||
 				 strcmp(old->listen[i].port, conf->listen[i].port) != 0;
 	if (listen_changed)
-		log_msg(LOG_WARNING, "reload: a change of listen takes effect at the next restart");
+		log_msg(LOG_WARNING, "reload: a change of listen or workers takes effect at the next restart");
 	bool log_changed = !old->log_file || !conf->log_file || strcmp(old->log_file, conf->log_file) != 0 ||
 			   strcmp(old->log_format, conf->log_format) != 0;
-	snapshot_unref(px->snap); /* old is gone from here on */
-	px->snap = s;
-	px->stats.reloads_ok++;
+	snapshot_unref(prev);
+	worker_each(ln, self, proxy_swap_snapshot, s);
+	atomic_fetch_add(&ln->reloads_ok, 1);
 	if (log_changed)
 		log_reopen(conf);
 	proxy_apply_log_level(conf);
-	log_msg(LOG_INFO, "reloaded %s: %zu instances, %zu apps", px->conf_path, conf->ninstances, conf->napps);
+	log_msg(LOG_INFO, "reloaded %s: %zu instances, %zu apps", ln->conf_path, conf->ninstances, conf->napps);
+	snapshot_unref(s);
 	return true;
 }
 
@@ -79,16 +97,6 @@ static void proxy_sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
 	relay_sweep(arg);
 	pool_sweep(arg);
-}
-
-static void proxy_sighup_cb(evutil_socket_t sig, short what, void *arg)
-{
-	static char err[16384];
-	struct proxy *px = arg;
-
-	/* logrotate's SIGHUP must reopen the log even when the new file is rejected. */
-	log_reopen(px->snap->conf);
-	proxy_reload(px, err, sizeof(err));
 }
 
 static int64_t proxy_ms(const struct timespec *t)
@@ -102,11 +110,12 @@ static void proxy_drain_cb(evutil_socket_t fd, short what, void *arg)
 	struct timespec now;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (px->nclients == 0) {
+	/* Every worker waits for the whole process's sessions: worker 0's /readyz answers 503 to the end. */
+	if (atomic_load(&px->lane->nclients) == 0) {
 		event_base_loopexit(px->base, NULL);
 		return;
 	}
-	if (proxy_ms(&now) < px->stop_deadline_ms)
+	if (proxy_ms(&now) < px->stop_deadline_ms || px->nclients == 0)
 		return;
 	log_msg(LOG_WARNING, "shutdown_timeout reached: ending %zu sessions", px->nclients);
 	struct conn *c, *next;
@@ -119,19 +128,6 @@ static void proxy_drain_cb(evutil_socket_t fd, short what, void *arg)
 	px->unclean = true;
 	/* A last turn of the loop delivers the 57P01 errors; the drain timer then finds no clients. */
 	px->stop_deadline_ms = proxy_ms(&now) + 1000;
-}
-
-static void proxy_sigterm_cb(evutil_socket_t sig, short what, void *arg)
-{
-	struct proxy *px = arg;
-
-	if (sig == SIGINT || px->stopping) {
-		log_msg(LOG_INFO, "stopping now (%s)", sig == SIGINT ? "SIGINT" : "second SIGTERM");
-		px->unclean = px->nclients > 0;
-		event_base_loopbreak(px->base);
-		return;
-	}
-	proxy_begin_shutdown(px);
 }
 
 void proxy_begin_shutdown(struct proxy *px)
@@ -152,24 +148,167 @@ void proxy_begin_shutdown(struct proxy *px)
 		if (c->state == CONN_ADMIN)
 			conn_close_after_flush(c, "shutdown");
 	}
-	log_msg(LOG_INFO, "shutting down: not accepting; waiting up to %d ms for %zu sessions",
-		px->snap->conf->shutdown_timeout_ms, px->nclients);
+	if (px->nclients)
+		log_msg(LOG_INFO, "shutting down: worker %u not accepting; waiting up to %d ms for %zu sessions", px->wid,
+			px->snap->conf->shutdown_timeout_ms, px->nclients);
 	px->drain = event_new(px->base, -1, EV_PERSIST, proxy_drain_cb, px);
 	event_add(px->drain, &tick);
+}
+
+static void proxy_begin_shutdown_fn(struct proxy *px, void *arg)
+{
+	proxy_begin_shutdown(px);
+}
+
+void proxy_shutdown_all(struct lane *ln, struct proxy *self)
+{
+	if (!atomic_exchange(&ln->stopping, true))
+		log_msg(LOG_INFO, "shutting down: not accepting; sessions have up to shutdown_timeout to end");
+	worker_each(ln, self, proxy_begin_shutdown_fn, NULL);
+}
+
+static void proxy_stop_now_fn(struct proxy *px, void *arg)
+{
+	px->unclean = px->nclients > 0;
+	event_base_loopbreak(px->base);
+}
+
+/* A worker's loop and everything it owns; errors go to err (the proxy does not start). */
+static bool proxy_worker_init(struct proxy *px, char *err, size_t errlen)
+{
+	struct timeval second = {1, 0};
+
+	px->snap = snapshot_ref(px->lane->snap);
+	px->base = event_base_new();
+	if (px->base) {
+		px->dns = evdns_base_new(px->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+		if (!px->dns && (px->dns = evdns_base_new(px->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE)))
+			evdns_base_load_hosts(px->dns, NULL);
+	}
+	px->backend_scram = scram_cache_new();
+	if (!px->base || !px->dns || !px->backend_scram || !worker_open(px) ||
+	    !(px->sweep = event_new(px->base, -1, EV_PERSIST, proxy_sweep_cb, px))) {
+		snprintf(err, errlen, "cannot initialise the event loop");
+		return false;
+	}
+	event_add(px->sweep, &second);
+	const struct conf *c = px->snap->conf;
+	if (!listener_open_all(px, c, err, errlen) ||
+	    (px->wid == 0 && c->http_listen && !metrics_listen(px, c->http_listen, err, errlen)))
+		return false;
+	if (c->kernel_relay != KERNEL_RELAY_OFF && px->lane->n > 1) {
+		if (c->kernel_relay == KERNEL_RELAY_ON) {
+			snprintf(err, errlen, "kernel_relay = on needs workers = 1");
+			return false;
+		}
+	} else if (c->kernel_relay != KERNEL_RELAY_OFF) {
+		char why[512];
+		if (krelay_open(px, (uint32_t)c->max_clients, why, sizeof(why))) {
+			log_msg(LOG_INFO, "kernel relay on: plaintext sessions relay inside the kernel");
+		} else if (c->kernel_relay == KERNEL_RELAY_ON) {
+			snprintf(err, errlen, "kernel_relay = on, but %s", why);
+			return false;
+		} else {
+			log_msg(LOG_WARNING, "kernel relay unavailable, sessions relay in pglane: %s", why);
+		}
+	}
+	return true;
+}
+
+/* Frees what proxy_worker_init() made, closing what is left of the worker's sessions. */
+static void proxy_worker_fini(struct proxy *px)
+{
+	struct conn *c;
+	while ((c = TAILQ_FIRST(&px->conns)))
+		conn_close(c, "shutdown");
+	while ((c = TAILQ_FIRST(&px->paused)))
+		conn_close(c, "shutdown");
+	conn_reap_now(px);
+	pool_free_all(px);
+	listener_close_all(px);
+	metrics_free(px);
+	for (size_t i = 0; i < px->npaused_apps; i++)
+		free(px->paused_apps[i]);
+	free(px->paused_apps);
+	px->paused_apps = NULL;
+	if (px->drain)
+		event_free(px->drain);
+	if (px->sweep)
+		event_free(px->sweep);
+	if (px->reaper)
+		event_free(px->reaper);
+	px->drain = px->sweep = px->reaper = NULL;
+	worker_close(px);
+	proxy_caches_free(px);
+	krelay_free(px);
+	scram_cache_free(px->backend_scram);
+	px->backend_scram = NULL;
+	if (px->dns)
+		evdns_base_free(px->dns, 0);
+	if (px->base)
+		event_base_free(px->base);
+	px->dns = NULL;
+	px->base = NULL;
+	snapshot_unref(px->snap);
+	px->snap = NULL;
+}
+
+static void *proxy_worker_main(void *arg)
+{
+	struct proxy *px = arg;
+
+	event_base_dispatch(px->base);
+	worker_leave(px);
+	proxy_worker_fini(px);
+	atomic_fetch_sub(&px->lane->running, 1);
+	return NULL;
+}
+
+static unsigned proxy_nworkers(const struct conf *c)
+{
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (c->workers > 0)
+		return (unsigned)c->workers;
+	return cores > 0 ? (unsigned)cores : 1;
+}
+
+/* The main thread is no worker: it starts them, then takes the signals (blocked in every worker) until
+ * the last worker has left its loop. */
+static void proxy_signals(struct lane *ln, const sigset_t *set)
+{
+	static char err[16384];
+	struct timespec tick = {0, 100 * 1000 * 1000};
+	bool stopping = false;
+
+	while (atomic_load(&ln->running) > 0) {
+		int sig = sigtimedwait(set, NULL, &tick);
+		if (sig == SIGHUP) {
+			/* logrotate's SIGHUP must reopen the log even when the new file is rejected. */
+			pthread_mutex_lock(&ln->shared_mu);
+			struct snapshot *s = snapshot_ref(ln->snap);
+			pthread_mutex_unlock(&ln->shared_mu);
+			log_reopen(s->conf);
+			snapshot_unref(s);
+			proxy_reload(ln, NULL, err, sizeof(err));
+		} else if (sig == SIGTERM && !stopping && !atomic_load(&ln->stopping)) {
+			stopping = true;
+			proxy_shutdown_all(ln, NULL);
+		} else if (sig == SIGTERM || sig == SIGINT) {
+			log_msg(LOG_INFO, "stopping now (%s)", sig == SIGINT ? "SIGINT" : "second SIGTERM");
+			worker_each(ln, NULL, proxy_stop_now_fn, NULL);
+		}
+	}
 }
 
 int proxy_run(const char *path)
 {
 	static char err[16384];
-	struct proxy px = {0};
+	struct lane ln;
 	int status = 1;
+	unsigned started = 0;
+	sigset_t set, old;
 
-	TAILQ_INIT(&px.conns);
-	TAILQ_INIT(&px.reap);
-	TAILQ_INIT(&px.autoprovs);
-	TAILQ_INIT(&px.paused);
-	TAILQ_INIT(&px.pool);
-	px.conf_path = path;
 	struct conf *conf = conf_load(path, err, sizeof(err));
 	if (!conf) {
 		fprintf(stderr, "%s\n", err);
@@ -184,80 +323,54 @@ int proxy_run(const char *path)
 	}
 	if (conf_warnings(conf, err, sizeof(err)) > 0)
 		proxy_log_lines(LOG_WARNING, "", err);
-	if (!(px.snap = snapshot_new(conf, err, sizeof(err)))) {
+	if (!lane_init(&ln, proxy_nworkers(conf), path)) {
+		fprintf(stderr, "pglane: out of memory\n");
+		conf_free(conf);
+		lane_free(&ln);
+		return 1;
+	}
+	if (!(ln.snap = snapshot_new(conf, err, sizeof(err)))) {
 		fprintf(stderr, "pglane: %s\n", err);
 		conf_free(conf);
+		lane_free(&ln);
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	px.base = event_base_new();
-	px.dns = evdns_base_new(px.base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-	if (!px.dns && (px.dns = evdns_base_new(px.base, EVDNS_BASE_DISABLE_WHEN_INACTIVE)))
-		evdns_base_load_hosts(px.dns, NULL);
-	px.backend_scram = scram_cache_new();
-	if (!px.base || !px.dns || !px.backend_scram) {
-		fprintf(stderr, "pglane: cannot initialise the event loop\n");
-		goto out;
-	}
-	if (!listener_open_all(&px, px.snap->conf, err, sizeof(err)) ||
-	    (px.snap->conf->http_listen && !metrics_listen(&px, px.snap->conf->http_listen, err, sizeof(err)))) {
-		fprintf(stderr, "pglane: %s\n", err);
-		goto out;
-	}
-	if (px.snap->conf->kernel_relay != KERNEL_RELAY_OFF) {
-		if (krelay_open(&px, (uint32_t)px.snap->conf->max_clients, err, sizeof(err))) {
-			log_msg(LOG_INFO, "kernel relay on: plaintext sessions relay inside the kernel");
-		} else if (px.snap->conf->kernel_relay == KERNEL_RELAY_ON) {
-			fprintf(stderr, "pglane: kernel_relay = on, but %s\n", err);
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, &old); /* the workers inherit the mask */
+	for (unsigned i = 0; i < ln.n; i++) {
+		if (!proxy_worker_init(&ln.px[i], err, sizeof(err))) {
+			fprintf(stderr, "pglane: %s\n", err);
 			goto out;
-		} else {
-			log_msg(LOG_WARNING, "kernel relay unavailable, sessions relay in pglane: %s", err);
 		}
 	}
-	px.sig_hup = evsignal_new(px.base, SIGHUP, proxy_sighup_cb, &px);
-	px.sig_term = evsignal_new(px.base, SIGTERM, proxy_sigterm_cb, &px);
-	px.sig_int = evsignal_new(px.base, SIGINT, proxy_sigterm_cb, &px);
-	struct timeval second = {1, 0};
-	px.sweep = event_new(px.base, -1, EV_PERSIST, proxy_sweep_cb, &px);
-	event_add(px.sweep, &second);
-	event_add(px.sig_hup, NULL);
-	event_add(px.sig_term, NULL);
-	event_add(px.sig_int, NULL);
-	log_msg(LOG_INFO, "pglane %s started: %zu instances, %zu apps (pid %d)", PGLANE_VERSION, px.snap->conf->ninstances,
-		px.snap->conf->napps, (int)getpid());
-	event_base_dispatch(px.base);
-	status = px.unclean ? 1 : 0;
-	log_msg(LOG_INFO, "stopped%s", px.unclean ? " with sessions still open" : "");
-out:;
-	struct conn *c;
-	while ((c = TAILQ_FIRST(&px.conns)))
-		conn_close(c, "shutdown");
-	while ((c = TAILQ_FIRST(&px.paused)))
-		conn_close(c, "shutdown");
-	conn_reap_now(&px);
-	pool_free_all(&px);
-	listener_close_all(&px);
-	metrics_free(&px);
-	inst_live_free(&px);
-	for (size_t i = 0; i < px.npaused_apps; i++)
-		free(px.paused_apps[i]);
-	free(px.paused_apps);
-	if (px.sig_hup)
-		event_free(px.sig_hup), event_free(px.sig_term), event_free(px.sig_int);
-	if (px.drain)
-		event_free(px.drain);
-	if (px.sweep)
-		event_free(px.sweep);
-	if (px.reaper)
-		event_free(px.reaper);
-	proxy_caches_free(&px);
-	krelay_free(&px);
-	scram_cache_free(px.backend_scram);
-	if (px.dns)
-		evdns_base_free(px.dns, 0);
-	if (px.base)
-		event_base_free(px.base);
-	snapshot_unref(px.snap);
+	log_msg(LOG_INFO, "pglane %s started: %zu instances, %zu apps, %u worker%s (pid %d)", PGLANE_VERSION,
+		ln.snap->conf->ninstances, ln.snap->conf->napps, ln.n, ln.n == 1 ? "" : "s", (int)getpid());
+	for (; started < ln.n; started++) {
+		atomic_fetch_add(&ln.running, 1);
+		if (pthread_create(&ln.px[started].thread, NULL, proxy_worker_main, &ln.px[started]) != 0) {
+			atomic_fetch_sub(&ln.running, 1);
+			log_msg(LOG_ERROR, "cannot start worker %u: stopping", started);
+			worker_each(&ln, NULL, proxy_stop_now_fn, NULL);
+			break;
+		}
+	}
+	proxy_signals(&ln, &set);
+	status = 0;
+	for (unsigned i = 0; i < started; i++) {
+		pthread_join(ln.px[i].thread, NULL);
+		status |= ln.px[i].unclean;
+	}
+	log_msg(LOG_INFO, "stopped%s", status ? " with sessions still open" : "");
+out:
+	for (unsigned i = started; i < ln.n; i++)
+		proxy_worker_fini(&ln.px[i]);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	snapshot_unref(ln.snap);
+	lane_free(&ln);
 	return status;
 }
 

@@ -4,7 +4,8 @@
  *   /readyz   200 while pglane accepts connections, 503 while it shuts down
  *   /metrics  Prometheus text format 0.0.4
  *   /status   the JSON of `pglane status --json`, from what the running proxy knows
- * Gauges are computed from the connection list at scrape time, so the hot path only bumps counters.
+ * Gauges are computed from the connection list at scrape time, so the hot path only bumps counters.  The
+ * listener runs on worker 0, which gathers the other workers' lists and counters (worker_each()).
  */
 #include "proxy/proxy.h"
 
@@ -57,29 +58,72 @@ static void metrics_label(struct evbuffer *b, const char *s)
 	}
 }
 
-static void metrics_clients(struct proxy *px, struct evbuffer *b, uint64_t *bytes_in, uint64_t *bytes_out)
+void stats_gather(struct proxy *px, void *arg)
+{
+	struct stats_sum *sum = arg;
+	const struct stats *s = &px->stats;
+	struct stats *d = &sum->s;
+	struct conn *it;
+
+	d->accepted += s->accepted, d->routed += s->routed, d->refused_too_many += s->refused_too_many;
+	d->protocol_errors += s->protocol_errors, d->login_timeouts += s->login_timeouts;
+	d->auth_fail_password += s->auth_fail_password, d->auth_fail_user += s->auth_fail_user;
+	d->auth_fail_database += s->auth_fail_database, d->auth_fail_cert += s->auth_fail_cert;
+	d->tls_handshakes += s->tls_handshakes, d->cancel_requests += s->cancel_requests;
+	d->cancels_forwarded += s->cancels_forwarded, d->backend_errors += s->backend_errors;
+	d->provisions_ok += s->provisions_ok, d->provisions_failed += s->provisions_failed;
+	d->pool_kept += s->pool_kept, d->pool_reused += s->pool_reused;
+	d->bytes_in += s->bytes_in, d->bytes_out += s->bytes_out;
+	for (size_t i = 0; i <= STATS_CONNECT_BUCKETS; i++)
+		d->connect_hist[i] += s->connect_hist[i];
+	d->connect_sum += s->connect_sum, d->connect_count += s->connect_count;
+	sum->clients += px->nclients;
+	sum->pooled += px->npooled;
+	for (int list = 0; list < 2; list++)
+		TAILQ_FOREACH(it, list ? &px->paused : &px->conns, link)
+		{
+			sum->live_in += it->bytes_in;
+			sum->live_out += it->bytes_out;
+		}
+}
+
+/* pglane_clients over the workers: counts by app (of conf), timeline kind and state. */
+enum { METRICS_NS = CONN_CLOSED };
+struct metrics_count {
+	const struct conf *conf;
+	uint64_t *n;
+};
+
+static void metrics_count_clients(struct proxy *px, void *arg)
+{
+	struct metrics_count *m = arg;
+	const struct conf *c = m->conf;
+	struct conn *it;
+
+	for (int list = 0; list < 2; list++) {
+		TAILQ_FOREACH(it, list ? &px->paused : &px->conns, link)
+		{
+			/* By id: a session routed before a reload points into the old conf. */
+			const struct conf_app *app = it->route.app ? conf_app_find(c, it->route.id.app) : NULL;
+			size_t a = app ? (size_t)(app - c->apps) : c->napps;
+			m->n[(a * 3 + it->route.id.tl.kind) * METRICS_NS + it->state]++;
+		}
+	}
+}
+
+static void metrics_clients(struct proxy *px, struct evbuffer *b)
 {
 	const struct conf *c = px->snap->conf;
-	enum { NS = CONN_CLOSED };
+	enum { NS = METRICS_NS };
 	size_t napp = c->napps + 1; /* last: not routed (yet) */
 	uint64_t *n = calloc(napp * 3 * NS, sizeof(uint64_t));
-	struct conn *it;
+	struct metrics_count mc = {c, n};
 
 	evbuffer_add_printf(b, "# HELP pglane_clients Client connections by app, timeline kind and state.\n"
 			       "# TYPE pglane_clients gauge\n");
 	if (!n)
 		return;
-	for (int list = 0; list < 2; list++) {
-		TAILQ_FOREACH(it, list ? &px->paused : &px->conns, link)
-		{
-			*bytes_in += it->bytes_in;
-			*bytes_out += it->bytes_out;
-			/* By id: a session routed before a reload points into the old conf. */
-			const struct conf_app *app = it->route.app ? conf_app_find(c, it->route.id.app) : NULL;
-			size_t a = app ? (size_t)(app - c->apps) : c->napps;
-			n[(a * 3 + it->route.id.tl.kind) * NS + it->state]++;
-		}
-	}
+	worker_each(px->lane, px, metrics_count_clients, &mc);
 	for (size_t a = 0; a < napp; a++)
 		for (int k = 0; k < 3; k++)
 			for (int s = 0; s < NS; s++) {
@@ -99,6 +143,7 @@ static void metrics_clients(struct proxy *px, struct evbuffer *b, uint64_t *byte
 struct metrics_pools {
 	struct evbuffer *b;
 	int field; /* 0 sessions, 1 waiting, 2 servers, 3 idle, 4 pinned */
+	int wid;   /* the worker whose pools these are; -1 with one worker (no label) */
 };
 
 static void metrics_pool_row(void *arg, const struct pool_info *in)
@@ -112,7 +157,18 @@ static void metrics_pool_row(void *arg, const struct pool_info *in)
 	metrics_label(m->b, in->instance);
 	evbuffer_add_printf(m->b, "\",database=\"");
 	metrics_label(m->b, in->dbname);
+	if (m->wid >= 0)
+		evbuffer_add_printf(m->b, "\",worker=\"%d", m->wid);
 	evbuffer_add_printf(m->b, "\"} %u\n", v[m->field]);
+}
+
+static void metrics_pools_of(struct proxy *px, void *arg)
+{
+	struct metrics_pools m = *(struct metrics_pools *)arg;
+
+	if (px->lane->n > 1)
+		m.wid = (int)px->wid;
+	pool_each_group(px, metrics_pool_row, &m);
 }
 
 static void metrics_pools(struct proxy *px, struct evbuffer *b)
@@ -126,24 +182,29 @@ static void metrics_pools(struct proxy *px, struct evbuffer *b)
 	    "statements)."};
 
 	for (int f = 0; f < 5; f++) {
-		struct metrics_pools m = {b, f};
+		struct metrics_pools m = {b, f, -1};
 		char name[64];
 		snprintf(name, sizeof(name), "%.*s", (int)strcspn(help[f], " "), help[f]);
 		evbuffer_add_printf(b, "# HELP %s\n# TYPE %s gauge\n", help[f], name);
-		pool_each_group(px, metrics_pool_row, &m);
+		worker_each(px->lane, px, metrics_pools_of, &m);
 	}
 }
 
 static void metrics_cb(struct evhttp_request *req, void *arg)
 {
 	struct proxy *px = arg;
-	struct stats *s = &px->stats;
+	struct stats_sum sum = {0};
+	const struct stats *s = &sum.s;
 	struct evbuffer *b = evbuffer_new();
-	uint64_t in = s->bytes_in, out = s->bytes_out;
+	struct snapshot *snap = snapshot_ref(px->snap); /* px->snap may change while the others are asked */
 
-	if (!b)
+	if (!b) {
+		snapshot_unref(snap);
 		return;
-	metrics_clients(px, b, &in, &out);
+	}
+	worker_each(px->lane, px, stats_gather, &sum);
+	uint64_t in = s->bytes_in + sum.live_in, out = s->bytes_out + sum.live_out;
+	metrics_clients(px, b);
 	metrics_counter(b, "pglane_connections_accepted_total", "Client connections accepted.", s->accepted);
 	metrics_counter(b, "pglane_connections_routed_total", "Client sessions routed to an instance.", s->routed);
 	metrics_counter(b, "pglane_connections_refused_too_many_total", "Connections refused with 53300.",
@@ -175,12 +236,13 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 			s->pool_reused);
 	evbuffer_add_printf(b, "# HELP pglane_server_connections_idle Server connections waiting for a client.\n"
 			       "# TYPE pglane_server_connections_idle gauge\npglane_server_connections_idle %zu\n",
-			    px->npooled);
+			    (size_t)sum.pooled);
 	metrics_pools(px, b);
 	evbuffer_add_printf(b, "# HELP pglane_reloads_total Configuration reloads by result.\n"
 			       "# TYPE pglane_reloads_total counter\n"
 			       "pglane_reloads_total{result=\"ok\"} %llu\npglane_reloads_total{result=\"rejected\"} %llu\n",
-			    (unsigned long long)s->reloads_ok, (unsigned long long)s->reloads_failed);
+			    (unsigned long long)atomic_load(&px->lane->reloads_ok),
+			    (unsigned long long)atomic_load(&px->lane->reloads_failed));
 	evbuffer_add_printf(b, "# HELP pglane_bytes_total Bytes relayed, by direction.\n"
 			       "# TYPE pglane_bytes_total counter\n"
 			       "pglane_bytes_total{direction=\"from_client\"} %llu\n"
@@ -202,6 +264,7 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 			    s->connect_sum, (unsigned long long)s->connect_count);
 	metrics_send(req, 200, "text/plain; version=0.0.4; charset=utf-8", b);
 	evbuffer_free(b);
+	snapshot_unref(snap);
 }
 
 static void metrics_json_string(struct evbuffer *b, const char *s)
@@ -219,32 +282,6 @@ static void metrics_json_string(struct evbuffer *b, const char *s)
 	evbuffer_add(b, "\"", 1);
 }
 
-struct inst_live *inst_live_get(struct proxy *px, const char *name)
-{
-	struct inst_live *l;
-
-	for (l = px->inst_live; l; l = l->next)
-		if (strcmp(l->name, name) == 0)
-			return l;
-	if (!(l = calloc(1, sizeof(*l))))
-		return NULL;
-	snprintf(l->name, sizeof(l->name), "%s", name);
-	l->next = px->inst_live;
-	px->inst_live = l;
-	return l;
-}
-
-void inst_live_free(struct proxy *px)
-{
-	struct inst_live *l, *next;
-
-	for (l = px->inst_live; l; l = next) {
-		next = l->next;
-		free(l);
-	}
-	px->inst_live = NULL;
-}
-
 static void json_str_or_null(struct evbuffer *b, const char *s)
 {
 	if (s && *s)
@@ -253,43 +290,70 @@ static void json_str_or_null(struct evbuffer *b, const char *s)
 		evbuffer_add_printf(b, "null");
 }
 
-/* The databases of app on its instance that the running proxy knows of: those with sessions (Connected)
- * and those being created (Creating).  One entry each. */
-static void status_app_databases(struct proxy *px, const struct conf_app *app, struct evbuffer *b)
+/* The databases of app on its instance that the running proxy knows of, over the workers: those with
+ * sessions (Connected) and those being created (Creating).  One entry each. */
+struct status_db {
+	char dbname[128];
+	enum timeline_kind kind;
+	char branch[TIMELINE_BRANCH_MAX + 1];
+	bool creating;
+	size_t clients;
+};
+struct status_dbs {
+	const char *app;
+	struct status_db *e;
+	size_t n, cap;
+};
+
+static void status_app_databases_of(struct proxy *px, void *arg)
 {
-	struct conn *it, *jt;
-	bool first = true;
+	struct status_dbs *r = arg;
+	struct conn *it;
 
 	TAILQ_FOREACH(it, &px->conns, link)
 	{
 		bool creating = it->state == CONN_CONNECT && it->be_phase == BE_PROVISION;
-		if (!it->route.app || it->admin || strcmp(it->route.id.app, app->id) != 0 ||
+		if (!it->route.app || it->admin || strcmp(it->route.id.app, r->app) != 0 ||
 		    (it->state != CONN_RELAY && !creating))
 			continue;
-		bool seen = false;
-		TAILQ_FOREACH(jt, &px->conns, link)
-		{
-			if (jt == it)
-				break;
-			seen |= jt->route.app && !jt->admin && strcmp(jt->route.id.app, app->id) == 0 &&
-				(jt->state == CONN_RELAY || (jt->state == CONN_CONNECT && jt->be_phase == BE_PROVISION)) &&
-				strcmp(jt->route.dbname, it->route.dbname) == 0;
+		size_t i = 0;
+		while (i < r->n && strcmp(r->e[i].dbname, it->route.dbname) != 0)
+			i++;
+		if (i == r->n) {
+			if (r->n == r->cap) {
+				size_t cap = r->cap ? r->cap * 2 : 8;
+				struct status_db *e = realloc(r->e, cap * sizeof(*e));
+				if (!e)
+					return;
+				r->e = e, r->cap = cap;
+			}
+			struct status_db *e = &r->e[r->n++];
+			memset(e, 0, sizeof(*e));
+			snprintf(e->dbname, sizeof(e->dbname), "%s", it->route.dbname);
+			e->kind = it->route.id.tl.kind;
+			if (e->kind == TIMELINE_BRANCH)
+				snprintf(e->branch, sizeof(e->branch), "%s", it->route.id.tl.branch);
 		}
-		if (seen)
-			continue;
-		size_t n = 0;
-		TAILQ_FOREACH(jt, &px->conns, link)
-		n += jt->state == CONN_RELAY && jt->route.app && strcmp(jt->route.dbname, it->route.dbname) == 0 &&
-		     strcmp(jt->route.id.app, app->id) == 0;
-		const struct timeline *tl = &it->route.id.tl;
-		evbuffer_add_printf(b, "%s{\"name\":", first ? "" : ",");
-		metrics_json_string(b, it->route.dbname);
-		evbuffer_add_printf(b, ",\"timeline\":\"%s\",\"branch\":", timeline_kind_str(tl->kind));
-		json_str_or_null(b, tl->kind == TIMELINE_BRANCH ? tl->branch : NULL);
-		evbuffer_add_printf(b, ",\"state\":\"%s\",\"error\":null,\"clients\":%zu}",
-				    autoprov_creating(px, it->inst, it->route.dbname) ? "Creating" : "Connected", n);
-		first = false;
+		r->e[i].clients += it->state == CONN_RELAY;
+		r->e[i].creating |= autoprov_creating(px, it->inst, it->route.dbname);
 	}
+}
+
+static void status_app_databases(struct proxy *px, const struct conf_app *app, struct evbuffer *b)
+{
+	struct status_dbs r = {app->id, NULL, 0, 0};
+
+	worker_each(px->lane, px, status_app_databases_of, &r);
+	for (size_t i = 0; i < r.n; i++) {
+		const struct status_db *e = &r.e[i];
+		evbuffer_add_printf(b, "%s{\"name\":", i ? "," : "");
+		metrics_json_string(b, e->dbname);
+		evbuffer_add_printf(b, ",\"timeline\":\"%s\",\"branch\":", timeline_kind_str(e->kind));
+		json_str_or_null(b, e->kind == TIMELINE_BRANCH ? e->branch : NULL);
+		evbuffer_add_printf(b, ",\"state\":\"%s\",\"error\":null,\"clients\":%zu}",
+				    e->creating ? "Creating" : "Connected", e->clients);
+	}
+	free(r.e);
 }
 
 /*
@@ -302,17 +366,25 @@ static void status_app_databases(struct proxy *px, const struct conf_app *app, s
 static void status_cb(struct evhttp_request *req, void *arg)
 {
 	struct proxy *px = arg;
-	const struct conf *c = px->snap->conf;
+	struct snapshot *snap = snapshot_ref(px->snap); /* px->snap may change while the others are asked */
+	const struct conf *c = snap->conf;
 	struct evbuffer *b = evbuffer_new();
 
-	if (!b)
+	if (!b) {
+		snapshot_unref(snap);
 		return;
+	}
 	evbuffer_add_printf(b, "{\"config\":");
 	metrics_json_string(b, c->path);
 	evbuffer_add_printf(b, ",\"instances\":[");
 	for (size_t i = 0; i < c->ninstances; i++) {
 		const struct conf_instance *in = &c->instances[i];
-		const struct inst_live *l = inst_live_get(px, in->name);
+		struct inst_live copy = {0}, *l = inst_live_lock(px, in->name);
+		if (l) {
+			copy = *l;
+			inst_live_unlock(px);
+			l = &copy;
+		}
 		bool seen = l && l->seen;
 		evbuffer_add_printf(b, "%s{\"name\":", i ? "," : "");
 		metrics_json_string(b, in->name);
@@ -355,9 +427,11 @@ static void status_cb(struct evhttp_request *req, void *arg)
 		}
 		evbuffer_add_printf(b, "]}");
 	}
-	evbuffer_add_printf(b, "],\"clients\":%zu,\"stopping\":%s}\n", px->nclients, px->stopping ? "true" : "false");
+	evbuffer_add_printf(b, "],\"clients\":%zu,\"stopping\":%s}\n", atomic_load(&px->lane->nclients),
+			    px->stopping ? "true" : "false");
 	metrics_send(req, 200, "application/json", b);
 	evbuffer_free(b);
+	snapshot_unref(snap);
 }
 
 static void healthz_cb(struct evhttp_request *req, void *arg)

@@ -64,6 +64,8 @@ struct pooled {
  * transaction and gives it back at the ReadyForQuery that ends it (relay.c frames both directions to know);
  * in between, the connection waits on idle.  A session logs in without one once the group has heard a
  * server's ParameterStatus messages: so ten thousand idle clients cost no server connection at all.
+ * Each worker has its own groups; pool_size counts for the whole process, so a worker's group opens at most
+ * its share, pool_size divided by workers and rounded up (pgroup_limit()).
  */
 struct pgroup {
 	unsigned long hash;        /* first: pool_lh_hash() reads it */
@@ -83,6 +85,13 @@ struct pgroup {
 	size_t startup_len;
 	bool kicking;
 };
+
+/* The server connections g may hold: its worker's share of pool_size. */
+static unsigned pgroup_limit(const struct pgroup *g)
+{
+	unsigned n = g->px->lane->n, size = (unsigned)g->snap->conf->pool_size;
+	return (size + n - 1) / n;
+}
 
 /* ParameterStatus sets, shared: the sessions of one timeline almost always hear the same ones, and a copy
  * per session would be a quarter of an idle session's memory. */
@@ -647,7 +656,7 @@ static void pgroup_kick(struct pgroup *g)
 			pgroup_unwait(c);
 			backend_start(c);
 		} else {
-			if (TAILQ_EMPTY(&g->idle) && g->nserver >= (unsigned)g->snap->conf->pool_size)
+			if (TAILQ_EMPTY(&g->idle) && g->nserver >= pgroup_limit(g))
 				break;
 			pgroup_unwait(c);
 			pool_txn_attach(c);
@@ -828,7 +837,7 @@ void pool_txn_attach(struct conn *c)
 		relay_txn_resume(c);
 		return;
 	}
-	if (g->nserver < (unsigned)g->snap->conf->pool_size) {
+	if (g->nserver < pgroup_limit(g)) {
 		g->nserver++;
 		c->holds_slot = true;
 		pool_txn_open(c);
@@ -876,7 +885,7 @@ static void pool_group_visit(void *p, void *arg)
 	const struct pgroup *g = p;
 	const struct group_walk *w = arg;
 	struct pool_info in = {.instance = g->inst->name, .dbname = g->dbname, .sessions = g->nsessions,
-			       .servers = g->nserver, .pool_size = (unsigned)g->snap->conf->pool_size,
+			       .servers = g->nserver, .pool_size = pgroup_limit(g),
 			       .pinned = g->npinned};
 	const struct conn *c;
 	const struct pooled *q;

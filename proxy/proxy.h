@@ -9,6 +9,8 @@
 #ifndef PGLANE_PROXY_H
 #define PGLANE_PROXY_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
@@ -38,7 +40,8 @@ struct scram_secret;
  * reference to the snapshot they were routed with, so a reload never pulls a route from under them.
  */
 struct snapshot {
-	int refs;
+	atomic_int refs;      /* the workers' connections share it */
+	uint64_t gen;         /* a later reload's snapshot has a larger one */
 	struct conf *conf;    /* owned */
 	SSL_CTX **inst_ctx;   /* owned: one per conf->instances[i], NULL where sslmode = disable */
 	SSL_CTX *server_ctx;  /* owned: client-facing TLS, NULL when tls_cert is unset */
@@ -142,6 +145,7 @@ struct conn {
 	bool admin_ignore_until_sync; /* admin console: an extended-protocol message was refused */
 	enum { DEFER_NONE, DEFER_START_AUTH, DEFER_AUTH_FAILED } deferred; /* a tarpitted step (ratelimit.c) */
 	bool admin;                 /* logging in to the virtual database "pglane" as admin_user */
+	bool app_counted;           /* counted in lane->app_sessions (app_session_take()) */
 
 	/* backend */
 	enum backend_phase be_phase;
@@ -208,7 +212,6 @@ struct stats {
 	uint64_t auth_fail_password, auth_fail_user, auth_fail_database, auth_fail_cert;
 	uint64_t tls_handshakes, cancel_requests, cancels_forwarded;
 	uint64_t backend_errors, provisions_ok, provisions_failed;
-	uint64_t reloads_ok, reloads_failed;
 	uint64_t pool_kept, pool_reused; /* server connections kept when their client left; handed to a new one */
 	uint64_t bytes_in, bytes_out;
 	uint64_t connect_hist[STATS_CONNECT_BUCKETS + 1]; /* backend connect + login time; last = +Inf */
@@ -227,8 +230,36 @@ struct inst_live {
 	struct inst_live *next;
 };
 
-/* One event loop with its listeners, connections and caches. */
+/* What the workers share (worker.c). */
+struct lane {
+	struct proxy *px;          /* owned array of n workers */
+	unsigned n;
+	uint32_t mask;             /* a cancel key's low bits name the worker that handed it out */
+	const char *conf_path;     /* borrowed from argv */
+	struct snapshot *snap;     /* reference held, under shared_mu: the newest configuration */
+	atomic_bool stopping;      /* SIGTERM or SHUTDOWN reached the workers */
+	atomic_uint_fast64_t next_id; /* client ids, unique over the workers */
+	atomic_size_t nclients;    /* over the workers: max_clients */
+	atomic_uint_fast64_t reloads_ok, reloads_failed, snap_gen;
+	atomic_uint running;       /* workers still in their loops */
+	pthread_mutex_t call_mu;   /* one worker_each() at a time */
+	pthread_mutex_t done_mu;   /* with done_cv: the call in flight has run */
+	pthread_cond_t done_cv;
+	bool call_done;
+	pthread_mutex_t shared_mu; /* snap, peers, inst_live, app_sessions */
+	void *peers;               /* OPENSSL_LHASH of per-address budgets (ratelimit.c) */
+	void *app_sessions;        /* OPENSSL_LHASH of sessions per app, for its max_clients (worker.c) */
+	struct inst_live *inst_live; /* owned list */
+};
+
+/* One event loop (a worker) with its listeners, connections and caches. */
 struct proxy {
+	struct lane *lane;         /* borrowed: what the workers share */
+	unsigned wid;              /* this worker's index in lane->px */
+	pthread_t thread;
+	int inbox[2];              /* owned: a pipe other threads post calls and cancel requests to */
+	struct event *inbox_ev;    /* owned */
+	bool gone;                 /* left its loop (under lane->call_mu): no call reaches it any more */
 	struct event_base *base;   /* owned */
 	struct evdns_base *dns;    /* owned */
 	struct evconnlistener **listeners; /* owned */
@@ -239,12 +270,9 @@ struct proxy {
 	struct conn_list reap;     /* closed, freed on the next loop turn */
 	struct autoprov_list autoprovs; /* databases being created (autoprov.c) */
 	struct event *reaper;      /* owned */
-	struct event *sig_hup, *sig_term, *sig_int; /* owned */
-	uint64_t next_id;
-	size_t nclients;
+	size_t nclients;           /* this worker's */
 	void *cancel_map;          /* OPENSSL_LHASH of struct conn by cancel_key */
 	void *secret_cache;        /* OPENSSL_LHASH of derived SCRAM secrets */
-	void *peers;               /* OPENSSL_LHASH of per-address budgets (ratelimit.c) */
 	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
 	struct krelay *kr;         /* owned: the kernel relay's maps and program; NULL when off */
 	struct pool_list pool;     /* server connections waiting for their next client (pool.c) */
@@ -252,7 +280,6 @@ struct proxy {
 	void *params_blobs;        /* OPENSSL_LHASH of struct params_blob: sessions share identical ones */
 	void *pgroups;             /* OPENSSL_LHASH of struct pgroup: transaction pools (pool.c) */
 	struct stats stats;
-	struct inst_live *inst_live; /* owned list */
 	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
 	uint32_t logins_since_trim; /* sessions started since the sweep last called malloc_trim() */
 	struct event *sweep;       /* owned: once a second, idle and stalled sessions */
@@ -333,16 +360,47 @@ void admin_park(struct conn *c);
 bool metrics_listen(struct proxy *px, const char *hostport, char *err, size_t errlen);
 void metrics_free(struct proxy *px);
 void stats_observe_connect(struct proxy *px, const struct timespec *since);
-/* The live record of instance name (created on first use; NULL only without memory). */
-struct inst_live *inst_live_get(struct proxy *px, const char *name);
-void inst_live_free(struct proxy *px);
+/* The workers' counters added up (a worker_fn over a struct stats_sum); bytes of live sessions included
+ * in live_in/live_out. */
+struct stats_sum {
+	struct stats s;
+	uint64_t clients, pooled, live_in, live_out;
+};
+void stats_gather(struct proxy *px, void *arg);
+/* worker.c: the live record of instance name (created on first use), with the lock that guards every
+ * record held; NULL (and no lock) only without memory.  inst_live_unlock() once done with it. */
+struct inst_live *inst_live_lock(struct proxy *px, const char *name);
+void inst_live_unlock(struct proxy *px);
+/* c's session counts toward its app's max_clients over all workers: false (nothing counted) when the app
+ * already has max (> 0) sessions.  app_session_put() at the end; it does nothing for an uncounted c. */
+bool app_session_take(struct conn *c, int max);
+void app_session_put(struct conn *c);
 
 /* relay.c: the once-a-second sweep (client_idle_timeout, client_write_timeout) */
 void relay_sweep(struct proxy *px);
 
-/* main.c */
-bool proxy_reload(struct proxy *px, char *err, size_t errlen);
+/* main.c.  Reload builds one snapshot and gives it to every worker before it returns; self is the calling
+ * worker, or NULL on the main thread (as for worker_each()). */
+bool proxy_reload(struct lane *ln, struct proxy *self, char *err, size_t errlen);
+/* Every worker stops accepting and ends once its sessions have (or shutdown_timeout passed). */
+void proxy_shutdown_all(struct lane *ln, struct proxy *self);
 void proxy_begin_shutdown(struct proxy *px);
+/* A CancelRequest for a session of px's, received by worker via (px's own index, or another's). */
+void proxy_cancel(struct proxy *px, uint32_t key, uint32_t pid, const char *peer, unsigned via);
+
+/* worker.c */
+typedef void worker_fn(struct proxy *px, void *arg);
+bool lane_init(struct lane *ln, unsigned n, const char *conf_path);
+void lane_free(struct lane *ln);
+bool worker_open(struct proxy *px);   /* the inbox, on px->base */
+void worker_close(struct proxy *px);
+void worker_leave(struct proxy *px);  /* px left its loop */
+/* Runs fn(px, arg) on every worker in turn, each on its own thread, and returns once all have run (a gone
+ * worker is skipped).  self: the calling worker, which runs fn itself, or NULL on the main thread.  fn must
+ * not call worker_each(). */
+void worker_each(struct lane *ln, struct proxy *self, worker_fn *fn, void *arg);
+/* Passes a CancelRequest to the worker whose index its key carries. */
+void worker_cancel(struct proxy *self, uint32_t key, uint32_t pid, const char *peer);
 
 /* Frees c->lg: the session no longer needs its login state. */
 void conn_login_done(struct conn *c);
@@ -358,7 +416,7 @@ enum ratelimit_kind { RATELIMIT_FAIL, RATELIMIT_DERIVE };
 #define RATELIMIT_DELAY_MS 2000
 /* True when c's peer may spend one more of kind now. */
 bool ratelimit_take(struct proxy *px, const struct conn *c, enum ratelimit_kind kind);
-void ratelimit_free(struct proxy *px);
+void ratelimit_free(struct lane *ln);
 
 /* relay.c: what waits for one side past RELAY_HIGH stops reading from the other. */
 #define RELAY_HIGH (256 * 1024)

@@ -6,7 +6,8 @@
  * PBKDF2 run (RATELIMIT_DERIVE_BURST, then one per RATELIMIT_DERIVE_REFILL_MS).  A peer over budget is not
  * refused, which would tell it something: its answer is delayed by RATELIMIT_DELAY_MS (a tarpit), so the
  * reply is the same whether or not the app or timeline exists, and a flood costs the flooder time, not us
- * CPU.  The table is bounded: past RATELIMIT_PEERS addresses it starts over.
+ * CPU.  The table is bounded: past RATELIMIT_PEERS addresses it starts over.  The workers share it (under
+ * lane->shared_mu): a peer's budget is the process's, whichever worker its connections land on.
  */
 #include "proxy/proxy.h"
 
@@ -52,29 +53,29 @@ static void peer_addr(const char *peer, char *out, size_t outlen)
 
 /* One bucket: the peer's, or "*", the whole process's (RATELIMIT_DERIVE only, so that many addresses
  * together cannot make pglane spend more than one core's tenth on PBKDF2 either). */
-static bool ratelimit_take_addr(struct proxy *px, const char *addr, enum ratelimit_kind kind, double burst,
+static bool ratelimit_take_addr(struct lane *ln, const char *addr, enum ratelimit_kind kind, double burst,
 				double refill_ms)
 {
 	struct peer_budget probe, *p;
 	struct timespec now;
 
-	if (!px->peers && !(px->peers = OPENSSL_LH_new(peer_hash, peer_cmp)))
+	if (!ln->peers && !(ln->peers = OPENSSL_LH_new(peer_hash, peer_cmp)))
 		return true;
 	snprintf(probe.addr, sizeof(probe.addr), "%s", addr);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-	if (!(p = OPENSSL_LH_retrieve(px->peers, &probe))) {
-		if (OPENSSL_LH_num_items(px->peers) >= RATELIMIT_PEERS)
-			ratelimit_free(px);
-		if ((!px->peers && !(px->peers = OPENSSL_LH_new(peer_hash, peer_cmp))) || !(p = malloc(sizeof(*p))))
+	if (!(p = OPENSSL_LH_retrieve(ln->peers, &probe))) {
+		if (OPENSSL_LH_num_items(ln->peers) >= RATELIMIT_PEERS)
+			ratelimit_free(ln);
+		if ((!ln->peers && !(ln->peers = OPENSSL_LH_new(peer_hash, peer_cmp))) || !(p = malloc(sizeof(*p))))
 			return true;
 		*p = probe;
 		for (int k = 0; k < 2; k++) {
 			p->tokens[k] = k == (int)kind ? burst : ratelimit_rules[k].burst;
 			p->last_ms[k] = ms;
 		}
-		OPENSSL_LH_insert(px->peers, p);
-		if (OPENSSL_LH_error(px->peers)) {
+		OPENSSL_LH_insert(ln->peers, p);
+		if (OPENSSL_LH_error(ln->peers)) {
 			free(p);
 			return true;
 		}
@@ -90,20 +91,23 @@ static bool ratelimit_take_addr(struct proxy *px, const char *addr, enum ratelim
 
 bool ratelimit_take(struct proxy *px, const struct conn *c, enum ratelimit_kind kind)
 {
+	struct lane *ln = px->lane;
 	char addr[64];
 
 	peer_addr(c->peer, addr, sizeof(addr));
-	if (!ratelimit_take_addr(px, addr, kind, ratelimit_rules[kind].burst, ratelimit_rules[kind].refill_ms))
-		return false;
-	return kind != RATELIMIT_DERIVE ||
-	       ratelimit_take_addr(px, "*", kind, RATELIMIT_DERIVE_ALL_BURST, RATELIMIT_DERIVE_ALL_REFILL_MS);
+	pthread_mutex_lock(&ln->shared_mu);
+	bool ok = ratelimit_take_addr(ln, addr, kind, ratelimit_rules[kind].burst, ratelimit_rules[kind].refill_ms) &&
+		  (kind != RATELIMIT_DERIVE ||
+		   ratelimit_take_addr(ln, "*", kind, RATELIMIT_DERIVE_ALL_BURST, RATELIMIT_DERIVE_ALL_REFILL_MS));
+	pthread_mutex_unlock(&ln->shared_mu);
+	return ok;
 }
 
-void ratelimit_free(struct proxy *px)
+void ratelimit_free(struct lane *ln)
 {
-	if (!px->peers)
+	if (!ln->peers)
 		return;
-	OPENSSL_LH_doall(px->peers, free);
-	OPENSSL_LH_free(px->peers);
-	px->peers = NULL;
+	OPENSSL_LH_doall(ln->peers, free);
+	OPENSSL_LH_free(ln->peers);
+	ln->peers = NULL;
 }

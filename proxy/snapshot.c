@@ -39,7 +39,7 @@ struct snapshot *snapshot_new(struct conf *conf, char *err, size_t errlen)
 		free(s);
 		return NULL;
 	}
-	s->refs = 1;
+	atomic_init(&s->refs, 1);
 	s->conf = conf;
 	for (size_t i = 0; i < conf->ninstances; i++) {
 		if (conf->instances[i].sslmode == SSLMODE_DISABLE)
@@ -61,13 +61,13 @@ fail:
 
 struct snapshot *snapshot_ref(struct snapshot *s)
 {
-	s->refs++;
+	atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
 	return s;
 }
 
 void snapshot_unref(struct snapshot *s)
 {
-	if (!s || --s->refs > 0)
+	if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) > 1)
 		return;
 	for (size_t i = 0; i < s->conf->ninstances; i++)
 		SSL_CTX_free(s->inst_ctx[i]);

@@ -400,8 +400,11 @@ pglane_start() {
 		echo "pglane_start: $PGLANE is not built" >&2
 		return 1
 	fi
-	# PGLANE_KERNEL_RELAY=auto|on|off, PGLANE_SERVER_IDLE_TIMEOUT=N: the whole suite with that kernel_relay or
-	# server_idle_timeout (unless the test sets its own).
+	# PGLANE_KERNEL_RELAY=auto|on|off, PGLANE_SERVER_IDLE_TIMEOUT=N, PGLANE_WORKERS=N: the whole suite with that
+	# kernel_relay, server_idle_timeout or workers (unless the test sets its own).
+	if [ -n "${PGLANE_WORKERS:-}" ] && ! grep -q '^[[:space:]]*workers[[:space:]]*=' "$conf"; then
+		sed -i "/^\[pglane\]/a workers = $PGLANE_WORKERS" "$conf"
+	fi
 	if [ -n "${PGLANE_KERNEL_RELAY:-}" ] && ! grep -q '^[[:space:]]*kernel_relay[[:space:]]*=' "$conf"; then
 		sed -i "/^\[pglane\]/a kernel_relay = $PGLANE_KERNEL_RELAY" "$conf"
 	fi

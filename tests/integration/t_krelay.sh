@@ -19,6 +19,8 @@ pg_createdb main kr-production >/dev/null || bail "createdb"
 CONF=$TMP/pglane.ini
 cat >"$CONF" <<EOF
 [pglane]
+# one worker: these checks count one pool's server connections (each worker has its own)
+workers = 1
 listen = 127.0.0.1:$LANE_PORT
 kernel_relay = on
 client_write_timeout = 2

@@ -29,6 +29,8 @@ CONF=$TMP/pglane.ini
 write_conf() {
 	cat >"$CONF" <<EOF
 [pglane]
+# one worker: these checks count one pool's server connections (each worker has its own)
+workers = 1
 listen = 127.0.0.1:$LANE_PORT
 server_idle_timeout = $1
 kernel_relay = auto

@@ -25,6 +25,8 @@ ADMIN_PASSWORD=$(openssl rand -hex 12)
 write_conf() {
 	cat >"$CONF" <<EOF
 [pglane]
+# one worker: these checks count one pool's server connections (each worker has its own)
+workers = 1
 listen = 127.0.0.1:$LANE_PORT
 server_idle_timeout = 30
 pool_size = ${1:-2}
@@ -278,8 +280,8 @@ const { Client } = require("pg");
 })().catch((e) => { console.log("ERROR", e.message); process.exit(1); });
 ' >"$TMP/pinfull.out" 2>&1) &
 	sleep 1
-	check_match "SHOW POOLS: 3 sessions, 1 waiting, 2 servers, none idle, pool_size 2, 2 pinned" \
-		"^main tp-production 3 1 2 0 2 2$" "$(admin "SHOW POOLS")"
+	check_match "SHOW POOLS: 3 sessions, 1 waiting, 2 servers, none idle, pool_size 2, 2 pinned (worker 0)" \
+		"^main tp-production 3 1 2 0 2 2 0$" "$(admin "SHOW POOLS")"
 	node "$NODE_DIR/httpget.js" "http://127.0.0.1:$HTTP_PORT/metrics" "$TMP/metrics.pinned" >/dev/null 2>&1
 	check_match "/metrics: pglane_pool_pinned 2 for that pool" \
 		'^pglane_pool_pinned\{instance="main",database="tp-production"\} 2$' "$(cat "$TMP/metrics.pinned")"

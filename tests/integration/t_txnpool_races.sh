@@ -25,6 +25,8 @@ CONF=$TMP/pglane.ini
 ADMIN_PASSWORD=$(openssl rand -hex 12)
 cat >"$CONF" <<EOF
 [pglane]
+# one worker: these checks count one pool's server connections (each worker has its own)
+workers = 1
 listen = 127.0.0.1:$LANE_PORT
 server_idle_timeout = 30
 pool_size = 1
