@@ -10,6 +10,7 @@
  */
 #include "proxy/proxy.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,6 +336,12 @@ int proxy_run(const char *path)
 		lane_free(&ln);
 		return 1;
 	}
+	/* One malloc arena for every worker: a session's memory is allocated once, at its login, and pglane relays
+	 * without allocating per message, so the arena's lock is hardly ever taken; per-thread arenas would
+	 * instead keep each worker's freed memory apart (0.1 kB more per idle client, measured by make bench).
+	 * MALLOC_ARENA_MAX in the environment overrides this. */
+	if (!getenv("MALLOC_ARENA_MAX"))
+		mallopt(M_ARENA_MAX, 1);
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&set);
 	sigaddset(&set, SIGHUP);
