@@ -397,6 +397,7 @@ static void show_config(struct proxy *px, struct admin_out *o)
 	const char *rows[][2] = {
 		{"config_file", c->path},
 		{"listen", listen},
+		{"workers", num(9, px->lane->n)}, /* running: 0 in the file means one per core */
 		{"public_host", c->public_host},
 		{"public_port", num(0, (unsigned)c->public_port)},
 		{"connect_timeout_ms", num(1, (unsigned)c->connect_timeout_ms)},

@@ -106,6 +106,7 @@ wait_sessions() {
 }
 
 check_match "the log says four workers started" "4 workers" "$(grep -m1 'started:' "$PGLANE_LOG")"
+check_eq "SHOW CONFIG: workers 4" "workers 4" "$(admin "SHOW CONFIG" | grep '^workers ')"
 
 # ---------------------------------------------------------------- clients on every worker
 
