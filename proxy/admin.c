@@ -690,7 +690,11 @@ static void admin_read_cb(struct bufferevent *bev, void *arg)
 		}
 		if (m.type == 'S')
 			c->admin_ignore_until_sync = false;
-		if (c->state == CONN_CLOSED || !conn_send(c, &o.b))
+		if (c->state == CONN_CLOSED) { /* a KILL from another console, served while this one gathered */
+			pgbuf_free(&o.b);
+			return;
+		}
+		if (!conn_send(c, &o.b))
 			return;
 	}
 }

@@ -303,7 +303,9 @@ static void be_on_login_error(struct conn *c, const struct pg_msg *m)
 	if (strcmp(code, "53300") == 0 && !c->pool_shed) {
 		/* Kept server connections (pool.c) may be what fills the instance: close them, try once more when
 		 * their backends have had time to exit. */
-		size_t n = pool_shed(c->px, c->inst);
+		size_t n = pool_shed_all(c->px, c->inst);
+		if (c->state == CONN_CLOSED) /* closed meanwhile (a KILL served while the other workers were asked) */
+			return;
 		if (n > 0) {
 			c->pool_shed = true;
 			log_conn(LOG_INFO, c, "instance %s has no connection slot free: closed %zu kept server connections; "

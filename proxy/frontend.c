@@ -623,7 +623,9 @@ static void fe_on_auth(struct conn *c, struct evbuffer *in)
 	char err[128];
 	struct pg_msg m;
 
-	while (c->state == CONN_AUTH && !c->closing) {
+	/* A session held by PAUSE stays in CONN_AUTH with its login done: what its client sends meanwhile waits
+	 * in the buffer for the relay, as in CONN_CONNECT. */
+	while (c->state == CONN_AUTH && !c->closing && !c->parked) {
 		size_t len = evbuffer_get_length(in);
 		if (len < 5)
 			return;

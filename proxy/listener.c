@@ -8,9 +8,11 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/listener.h>
 
@@ -60,6 +62,21 @@ static void listener_first_port(const struct proxy *px, size_t i, char *out, siz
 						: ((struct sockaddr_in *)&ss)->sin_port));
 }
 
+/* SO_REUSEPORT would let this process's listeners join another process's on the same port (a second pglane
+ * started by mistake would take half the connections): worker 0 first binds a plain socket, which fails with
+ * EADDRINUSE while anyone listens there. */
+static bool listener_port_free(const struct evutil_addrinfo *ai)
+{
+	int one = 1, ok, fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return true; /* the real bind says what is wrong */
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	ok = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno != EADDRINUSE;
+	close(fd);
+	return ok;
+}
+
 bool listener_open_all(struct proxy *px, const struct conf *c, char *err, size_t errlen)
 {
 	unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
@@ -84,6 +101,12 @@ bool listener_open_all(struct proxy *px, const struct conf *c, char *err, size_t
 		if (rc != 0) {
 			snprintf(err, errlen, "listen %s:%s: %s", c->listen[i].host, c->listen[i].port,
 				 evutil_gai_strerror(rc));
+			return false;
+		}
+		if (px->wid == 0 && (flags & LEV_OPT_REUSEABLE_PORT) && !listener_port_free(ai)) {
+			evutil_freeaddrinfo(ai);
+			snprintf(err, errlen, "cannot listen on %s:%s: %s", c->listen[i].host, c->listen[i].port,
+				 strerror(EADDRINUSE));
 			return false;
 		}
 		struct evconnlistener *l = evconnlistener_new_bind(px->base, listener_accept_cb, px, flags, 1024,

@@ -170,7 +170,7 @@ void proxy_shutdown_all(struct lane *ln, struct proxy *self)
 
 static void proxy_stop_now_fn(struct proxy *px, void *arg)
 {
-	px->unclean = px->nclients > 0;
+	px->unclean |= px->nclients > 0;
 	event_base_loopbreak(px->base);
 }
 
@@ -202,6 +202,8 @@ static bool proxy_worker_init(struct proxy *px, char *err, size_t errlen)
 			snprintf(err, errlen, "kernel_relay = on needs workers = 1");
 			return false;
 		}
+		if (px->wid == 0)
+			log_msg(LOG_WARNING, "kernel relay off: it needs workers = 1 (there are %u)", px->lane->n);
 	} else if (c->kernel_relay != KERNEL_RELAY_OFF) {
 		char why[512];
 		if (krelay_open(px, (uint32_t)c->max_clients, why, sizeof(why))) {
@@ -361,12 +363,13 @@ int proxy_run(const char *path)
 		if (pthread_create(&ln.px[started].thread, NULL, proxy_worker_main, &ln.px[started]) != 0) {
 			atomic_fetch_sub(&ln.running, 1);
 			log_msg(LOG_ERROR, "cannot start worker %u: stopping", started);
+			worker_mark_gone(&ln, started);
 			worker_each(&ln, NULL, proxy_stop_now_fn, NULL);
 			break;
 		}
 	}
 	proxy_signals(&ln, &set);
-	status = 0;
+	status = started < ln.n;
 	for (unsigned i = 0; i < started; i++) {
 		pthread_join(ln.px[i].thread, NULL);
 		status |= ln.px[i].unclean;
@@ -375,7 +378,10 @@ int proxy_run(const char *path)
 out:
 	for (unsigned i = started; i < ln.n; i++)
 		proxy_worker_fini(&ln.px[i]);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	for (unsigned i = 0; i < ln.n; i++)
+		worker_close_inbox(&ln.px[i]);
+	/* The signal mask stays: a SIGHUP that came after the last sigtimedwait() must not kill the exit. */
+	(void)old;
 	snapshot_unref(ln.snap);
 	lane_free(&ln);
 	return status;

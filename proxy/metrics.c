@@ -111,9 +111,8 @@ static void metrics_count_clients(struct proxy *px, void *arg)
 	}
 }
 
-static void metrics_clients(struct proxy *px, struct evbuffer *b)
+static void metrics_clients(struct proxy *px, const struct conf *c, struct evbuffer *b)
 {
-	const struct conf *c = px->snap->conf;
 	enum { NS = METRICS_NS };
 	size_t napp = c->napps + 1; /* last: not routed (yet) */
 	uint64_t *n = calloc(napp * 3 * NS, sizeof(uint64_t));
@@ -204,7 +203,7 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	}
 	worker_each(px->lane, px, stats_gather, &sum);
 	uint64_t in = s->bytes_in + sum.live_in, out = s->bytes_out + sum.live_out;
-	metrics_clients(px, b);
+	metrics_clients(px, snap->conf, b);
 	metrics_counter(b, "pglane_connections_accepted_total", "Client connections accepted.", s->accepted);
 	metrics_counter(b, "pglane_connections_routed_total", "Client sessions routed to an instance.", s->routed);
 	metrics_counter(b, "pglane_connections_refused_too_many_total", "Connections refused with 53300.",

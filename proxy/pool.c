@@ -545,6 +545,25 @@ size_t pool_shed(struct proxy *px, const struct conf_instance *in)
 	return n;
 }
 
+struct shed_req {
+	const struct conf_instance *in; /* only its name is compared: each worker has its own snapshot */
+	size_t n;
+};
+
+static void pool_shed_fn(struct proxy *px, void *arg)
+{
+	struct shed_req *r = arg;
+	r->n += pool_shed(px, r->in);
+}
+
+size_t pool_shed_all(struct proxy *self, const struct conf_instance *in)
+{
+	struct shed_req r = {in, 0};
+
+	worker_each(self->lane, self, pool_shed_fn, &r);
+	return r.n;
+}
+
 void pool_free_all(struct proxy *px)
 {
 	while (!TAILQ_EMPTY(&px->pool))

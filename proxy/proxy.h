@@ -259,7 +259,7 @@ struct proxy {
 	pthread_t thread;
 	int inbox[2];              /* owned: a pipe other threads post calls and cancel requests to */
 	struct event *inbox_ev;    /* owned */
-	bool gone;                 /* left its loop (under lane->call_mu): no call reaches it any more */
+	atomic_bool gone;          /* left its loop (set under lane->call_mu): no call or cancel reaches it */
 	struct event_base *base;   /* owned */
 	struct evdns_base *dns;    /* owned */
 	struct evconnlistener **listeners; /* owned */
@@ -393,7 +393,10 @@ typedef void worker_fn(struct proxy *px, void *arg);
 bool lane_init(struct lane *ln, unsigned n, const char *conf_path);
 void lane_free(struct lane *ln);
 bool worker_open(struct proxy *px);   /* the inbox, on px->base */
-void worker_close(struct proxy *px);
+void worker_close(struct proxy *px);  /* its event (on the worker's thread, before its base goes) */
+void worker_close_inbox(struct proxy *px); /* the pipe, once no thread can write to it (all joined) */
+/* Marks the workers from index `from` on gone (never started): calls and cancels skip them. */
+void worker_mark_gone(struct lane *ln, unsigned from);
 void worker_leave(struct proxy *px);  /* px left its loop */
 /* Runs fn(px, arg) on every worker in turn, each on its own thread, and returns once all have run (a gone
  * worker is skipped).  self: the calling worker, which runs fn itself, or NULL on the main thread.  fn must
@@ -444,6 +447,7 @@ void pool_txn_pinned(struct conn *c); /* c has just been pinned to its server co
 unsigned pool_txn_npinned(const struct conn *c); /* sessions of c's group pinned to their connections */
 void pool_sweep(struct proxy *px);
 size_t pool_shed(struct proxy *px, const struct conf_instance *in); /* closes in's kept connections */
+size_t pool_shed_all(struct proxy *self, const struct conf_instance *in); /* ... on every worker */
 /* Calls fn for each server connection no session holds (SHOW SERVERS); state: "kept" (reset, for the next
  * client), "resetting", or "idle" (a transaction pool's). */
 typedef void pool_each_fn(void *arg, const char *instance, const char *dbname, uint32_t pid, bool tls,

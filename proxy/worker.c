@@ -72,14 +72,22 @@ static void worker_inbox_cb(evutil_socket_t fd, short what, void *arg)
 	worker_serve(arg);
 }
 
+/* A call waits for room in a full inbox (its worker is draining it, or serving it while it waits for the
+ * call lock); a cancel request does not (it is dropped, logged, rather than stall its worker). */
 static bool worker_post(struct proxy *t, const struct wmsg *m)
 {
 	ssize_t n;
 
-	do
+	for (;;) {
 		n = write(t->inbox[1], m, sizeof(*m));
-	while (n < 0 && errno == EINTR);
-	return n == (ssize_t)sizeof(*m);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN && m->type == WMSG_CALL) {
+			sched_yield();
+			continue;
+		}
+		return n == (ssize_t)sizeof(*m);
+	}
 }
 
 /* Takes lane->call_mu; self (NULL for the main thread, which is no worker) serves its inbox meanwhile. */
@@ -138,7 +146,7 @@ void worker_cancel(struct proxy *self, uint32_t key, uint32_t pid, const char *p
 		proxy_cancel(self, key, pid, peer, self->wid);
 		return;
 	}
-	if (wid >= ln->n) /* no worker hands out such keys: unknown, dropped as PostgreSQL drops it */
+	if (wid >= ln->n || atomic_load(&ln->px[wid].gone)) /* no session can hold the key: dropped, as unknown */
 		return;
 	struct wmsg m = {.type = WMSG_CANCEL, .key = key, .pid = pid, .via = self->wid};
 	snprintf(m.peer, sizeof(m.peer), "%s", peer);
@@ -168,11 +176,25 @@ void worker_leave(struct proxy *px)
 	pthread_mutex_unlock(&px->lane->call_mu);
 }
 
+void worker_mark_gone(struct lane *ln, unsigned from)
+{
+	pthread_mutex_lock(&ln->call_mu);
+	for (unsigned i = from; i < ln->n; i++)
+		ln->px[i].gone = true;
+	pthread_mutex_unlock(&ln->call_mu);
+}
+
 void worker_close(struct proxy *px)
 {
 	if (px->inbox_ev)
 		event_free(px->inbox_ev);
 	px->inbox_ev = NULL;
+}
+
+/* Another worker may still post a cancel request after this one left its loop: the pipe stays open (its
+ * descriptor number cannot go to a new socket) until every thread has been joined. */
+void worker_close_inbox(struct proxy *px)
+{
 	for (int i = 0; i < 2; i++)
 		if (px->inbox[i] >= 0)
 			close(px->inbox[i]);
@@ -226,6 +248,8 @@ bool app_session_take(struct conn *c, int max)
 	struct app_count probe, *a;
 	bool ok = true;
 
+	if (c->app_counted)
+		return true;
 	snprintf(probe.app, sizeof(probe.app), "%s", c->route.id.app);
 	pthread_mutex_lock(&ln->shared_mu);
 	if (!ln->app_sessions)

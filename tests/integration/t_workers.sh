@@ -108,6 +108,11 @@ wait_sessions() {
 check_match "the log says four workers started" "4 workers" "$(grep -m1 'started:' "$PGLANE_LOG")"
 check_eq "SHOW CONFIG: workers 4" "workers 4" "$(admin "SHOW CONFIG" | grep '^workers ')"
 
+out=$("$PGLANE" -c "$CONF" 2>&1 </dev/null)
+rc=$?
+check_match "a second pglane on the same port does not start (SO_REUSEPORT would let it share): exit 1" \
+	"^1 .*cannot listen on 127.0.0.1:$LANE_PORT: Address already in use" "$rc $(printf '%s' "$out" | tr '\n' ' ')"
+
 # ---------------------------------------------------------------- clients on every worker
 
 bad=0
