@@ -97,6 +97,10 @@ fi
 if [ "$WHAT" != unit ]; then
 	for script in "$REPO"/tests/integration/t_*.sh; do
 		[ -f "$script" ] || continue
+		# PGLANE_SCRIPTS="t_workers t_operate": only those scripts
+		if [ -n "${PGLANE_SCRIPTS:-}" ] && [[ " $PGLANE_SCRIPTS " != *" $(basename "$script" .sh) "* ]]; then
+			continue
+		fi
 		run_integration "$script"
 	done
 fi
