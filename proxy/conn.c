@@ -419,7 +419,6 @@ void proxy_caches_free(struct proxy *px)
 {
 	OPENSSL_LH_free(px->cancel_map);
 	px->cancel_map = NULL;
-	frontend_caches_free(px);
 }
 
 void conn_terminate(struct conn *c)

@@ -137,52 +137,71 @@ static void fe_secret_key(const struct conn *c, const char *password, char out[2
 		snprintf(out + 2 * i, 3, "%02x", mac[i]);
 }
 
+/* The cache is the process's (lane->secret_mu): a worker looks up under the lock, derives outside it. */
 static bool fe_secret_cached(const struct conn *c, const char *password)
 {
+	struct lane *ln = c->px->lane;
 	struct secret_entry probe;
 
 	fe_secret_key(c, password, probe.key);
-	return c->px->secret_cache && OPENSSL_LH_retrieve(c->px->secret_cache, &probe);
+	pthread_mutex_lock(&ln->secret_mu);
+	bool hit = ln->secret_cache && OPENSSL_LH_retrieve(ln->secret_cache, &probe);
+	pthread_mutex_unlock(&ln->secret_mu);
+	OPENSSL_cleanse(&probe, sizeof(probe));
+	return hit;
 }
 
 /* The secret for password (cached, or one PBKDF2 run).  False only without memory. */
 static bool fe_secret_for(struct conn *c, const char *user, const char *password, struct scram_secret *out)
 {
-	struct proxy *px = c->px;
+	struct lane *ln = c->px->lane;
 	struct secret_entry probe, *e;
 	unsigned char salt[SCRAM_KEY_LEN];
 	unsigned int saltlen = sizeof(salt);
+	bool hit = false;
 
-	if (!px->secret_cache && !(px->secret_cache = OPENSSL_LH_new(secret_hash, secret_cmp)))
-		return false;
 	fe_secret_key(c, password, probe.key);
-	if ((e = OPENSSL_LH_retrieve(px->secret_cache, &probe))) {
-		*out = e->secret;
-		return true;
+	pthread_mutex_lock(&ln->secret_mu);
+	if (!ln->secret_cache && !(ln->secret_cache = OPENSSL_LH_new(secret_hash, secret_cmp))) {
+		pthread_mutex_unlock(&ln->secret_mu);
+		return false;
 	}
+	if ((e = OPENSSL_LH_retrieve(ln->secret_cache, &probe))) {
+		*out = e->secret;
+		hit = true;
+	}
+	pthread_mutex_unlock(&ln->secret_mu);
+	if (hit)
+		return true;
 	if (!HMAC(EVP_sha256(), c->snap->salt_key, sizeof(c->snap->salt_key), (const unsigned char *)user,
 		  strlen(user), salt, &saltlen) ||
 	    !scram_secret_make(password, salt, SCRAM_SALT_LEN, SCRAM_DEFAULT_ITERATIONS, out))
 		return false;
-	if (OPENSSL_LH_num_items(px->secret_cache) >= SECRET_CACHE_MAX)
-		OPENSSL_LH_doall(px->secret_cache, secret_entry_free), OPENSSL_LH_flush(px->secret_cache);
-	if ((e = malloc(sizeof(*e)))) {
-		*e = probe;
-		e->secret = *out;
-		OPENSSL_LH_insert(px->secret_cache, e);
-		if (OPENSSL_LH_error(px->secret_cache))
+	if (!(e = malloc(sizeof(*e))))
+		return true;
+	*e = probe;
+	e->secret = *out;
+	pthread_mutex_lock(&ln->secret_mu);
+	if (OPENSSL_LH_retrieve(ln->secret_cache, &probe)) { /* another worker derived it meanwhile */
+		secret_entry_free(e);
+	} else {
+		if (OPENSSL_LH_num_items(ln->secret_cache) >= SECRET_CACHE_MAX)
+			OPENSSL_LH_doall(ln->secret_cache, secret_entry_free), OPENSSL_LH_flush(ln->secret_cache);
+		OPENSSL_LH_insert(ln->secret_cache, e);
+		if (OPENSSL_LH_error(ln->secret_cache))
 			secret_entry_free(e);
 	}
+	pthread_mutex_unlock(&ln->secret_mu);
 	return true;
 }
 
-void frontend_caches_free(struct proxy *px)
+void frontend_caches_free(struct lane *ln)
 {
-	if (!px->secret_cache)
+	if (!ln->secret_cache)
 		return;
-	OPENSSL_LH_doall(px->secret_cache, secret_entry_free);
-	OPENSSL_LH_free(px->secret_cache);
-	px->secret_cache = NULL;
+	OPENSSL_LH_doall(ln->secret_cache, secret_entry_free);
+	OPENSSL_LH_free(ln->secret_cache);
+	ln->secret_cache = NULL;
 }
 
 /* ---------------------------------------------------------------- startup */

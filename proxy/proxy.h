@@ -249,6 +249,9 @@ struct lane {
 	pthread_mutex_t shared_mu; /* snap, peers, inst_live, app_sessions */
 	void *peers;               /* OPENSSL_LHASH of per-address budgets (ratelimit.c) */
 	void *app_sessions;        /* OPENSSL_LHASH of sessions per app, for its max_clients (worker.c) */
+	pthread_mutex_t secret_mu; /* secret_cache */
+	void *secret_cache;        /* OPENSSL_LHASH of derived SCRAM secrets (frontend.c): one PBKDF2 run per
+				    * credential for the process, whichever worker its logins land on */
 	struct inst_live *inst_live; /* owned list */
 };
 
@@ -272,7 +275,6 @@ struct proxy {
 	struct event *reaper;      /* owned */
 	size_t nclients;           /* this worker's */
 	void *cancel_map;          /* OPENSSL_LHASH of struct conn by cancel_key */
-	void *secret_cache;        /* OPENSSL_LHASH of derived SCRAM secrets */
 	struct scram_cache *backend_scram; /* owned: salted passwords toward instances */
 	struct krelay *kr;         /* owned: the kernel relay's maps and program; NULL when off */
 	struct pool_list pool;     /* server connections waiting for their next client (pool.c) */
@@ -332,7 +334,7 @@ void conn_reap_now(struct proxy *px);
 
 /* frontend.c */
 void frontend_start(struct conn *c);
-void frontend_caches_free(struct proxy *px);
+void frontend_caches_free(struct lane *ln);
 /* The timer of a connection with c->deferred set: take the delayed step now. */
 void frontend_deferred(struct conn *c);
 

@@ -303,6 +303,7 @@ bool lane_init(struct lane *ln, unsigned n, const char *conf_path)
 	pthread_mutex_init(&ln->done_mu, NULL);
 	pthread_cond_init(&ln->done_cv, NULL);
 	pthread_mutex_init(&ln->shared_mu, NULL);
+	pthread_mutex_init(&ln->secret_mu, NULL);
 	if (!(ln->px = calloc(n, sizeof(*ln->px))))
 		return false;
 	for (unsigned i = 0; i < n; i++) {
@@ -330,6 +331,7 @@ void lane_free(struct lane *ln)
 	}
 	ln->inst_live = NULL;
 	ratelimit_free(ln);
+	frontend_caches_free(ln);
 	if (ln->app_sessions) {
 		OPENSSL_LH_doall(ln->app_sessions, free);
 		OPENSSL_LH_free(ln->app_sessions);
@@ -340,4 +342,5 @@ void lane_free(struct lane *ln)
 	pthread_mutex_destroy(&ln->done_mu);
 	pthread_cond_destroy(&ln->done_cv);
 	pthread_mutex_destroy(&ln->shared_mu);
+	pthread_mutex_destroy(&ln->secret_mu);
 }
