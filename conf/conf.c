@@ -1043,16 +1043,33 @@ int conf_warnings(const struct conf *c, char *warn, size_t warnlen)
 	char line[1024];
 	struct stat st;
 
+	int n = 0;
+
 	if (warnlen > 0)
 		warn[0] = '\0';
 	for (size_t i = 0; i < c->ninstances; i++)
 		secrets = secrets || c->instances[i].password;
-	if (!secrets || stat(c->path, &st) != 0 || !(st.st_mode & 077))
-		return 0;
-	snprintf(line, sizeof(line), "%s: mode %04o lets other users read the secrets in it; chmod 600 %s",
-	         c->path, (unsigned)(st.st_mode & 07777), c->path);
-	msgbuf_add(&m, line);
-	return 1;
+	if (secrets && stat(c->path, &st) == 0 && (st.st_mode & 077)) {
+		snprintf(line, sizeof(line), "%s: mode %04o lets other users read the secrets in it; chmod 600 %s",
+		         c->path, (unsigned)(st.st_mode & 07777), c->path);
+		msgbuf_add(&m, line);
+		n++;
+	}
+	/* Each worker opens at most pool_size / workers (rounded up) of a transaction pool's connections, and
+	 * at least one: below workers, pool_size is not the bound it reads as. */
+	bool txn = false;
+	for (size_t a = 0; a < c->napps; a++)
+		txn = txn || c->apps[a].pool_mode == POOL_MODE_TRANSACTION;
+	long workers = c->workers > 0 ? c->workers : sysconf(_SC_NPROCESSORS_ONLN);
+	if (txn && workers > c->pool_size) {
+		snprintf(line, sizeof(line),
+		         "%s: pool_size = %d is below workers (%ld): each worker opens at least one server connection "
+		         "per transaction pool, so a pool may hold %ld; set workers = %d or raise pool_size",
+		         c->path, c->pool_size, workers, workers, c->pool_size);
+		msgbuf_add(&m, line);
+		n++;
+	}
+	return n;
 }
 
 const char *sslmode_str(enum sslmode m)

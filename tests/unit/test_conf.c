@@ -532,6 +532,24 @@ static void test_load_file(void **state)
 	assert_string_equal(warn, "");
 	conf_free(c);
 
+	/* Transaction pooling with pool_size below workers: the bound is workers, and check says so. */
+	write_file(ini, "[pglane]\nworkers = 4\npool_size = 2\npool_mode = transaction\nserver_idle_timeout = 30\n" INST APP, 0600);
+	c = conf_load(ini, err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(conf_warnings(c, warn, sizeof(warn)), 1);
+	snprintf(want, sizeof(want),
+	         "%s: pool_size = 2 is below workers (4): each worker opens at least one server connection per "
+	         "transaction pool, so a pool may hold 4; set workers = 2 or raise pool_size",
+	         ini);
+	assert_string_equal(warn, want);
+	conf_free(c);
+	write_file(ini, "[pglane]\nworkers = 2\npool_size = 2\npool_mode = transaction\nserver_idle_timeout = 30\n" INST APP, 0600);
+	c = conf_load(ini, err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(conf_warnings(c, warn, sizeof(warn)), 0);
+	conf_free(c);
+
 	/* Errors carry the path it was loaded from. */
 	write_file(ini, "[pglane]\nworkers = many\n", 0600);
 	assert_null(conf_load(ini, err, sizeof(err)));
