@@ -5,7 +5,9 @@
  */
 #include "routing/route.h"
 
+#include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 const char *route_res_str(enum route_res r)
@@ -54,9 +56,10 @@ static bool route_db_allowed(const char *database, const char *user, const char 
 	if (!strchr(database, '%') || strlen(database) >= sizeof(decoded))
 		return false;
 	for (const char *s = database; *s; s++) {
-		unsigned hi, lo;
-		if (s[0] == '%' && sscanf(s + 1, "%1x%1x", &hi, &lo) == 2) {
-			decoded[o++] = (char)(hi << 4 | lo);
+		/* Exactly two hex digits (sscanf's %x would skip blanks and take a sign). */
+		if (s[0] == '%' && isxdigit((unsigned char)s[1]) && isxdigit((unsigned char)s[2])) {
+			char hex[3] = {s[1], s[2], '\0'};
+			decoded[o++] = (char)strtoul(hex, NULL, 16);
 			s += 2;
 		} else {
 			decoded[o++] = *s;
