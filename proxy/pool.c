@@ -403,6 +403,20 @@ static void pool_give(struct pooled *p, struct conn *c)
 	c->be_addrlen = p->be_addrlen;
 }
 
+/* c's TLS server connection moves to p as its bufferevent (back from the socket relay first, when it was
+ * there), with p's callbacks and no write watermark; the caller enables it. */
+static void pool_move_bev(struct pooled *p, struct conn *c)
+{
+	if (c->rs.fd >= 0)
+		relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
+	p->bev = c->server;
+	p->ssl = c->be_ssl;
+	c->server = NULL;
+	c->be_ssl = NULL;
+	bufferevent_setcb(p->bev, pool_bev_read_cb, NULL, pool_bev_event_cb, p);
+	bufferevent_setwatermark(p->bev, EV_WRITE, 0, 0);
+}
+
 /* c's server connection moves to p, which sends it DISCARD ALL and reads the answer (pool_on_bytes()).
  * False when the reset could not be sent; the connection is p's either way. */
 static bool pool_reset_from(struct pooled *p, struct conn *c)
@@ -417,14 +431,7 @@ static bool pool_reset_from(struct pooled *p, struct conn *c)
 		relay_release_server(c); /* c no longer owns the socket */
 		return p->rev && send(p->fd, discard, sizeof(discard), MSG_NOSIGNAL) == (ssize_t)sizeof(discard);
 	}
-	if (c->rs.fd >= 0) /* a TLS server relayed on its socket: back to its bufferevent */
-		relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
-	p->bev = c->server;
-	p->ssl = c->be_ssl;
-	c->server = NULL;
-	c->be_ssl = NULL;
-	bufferevent_setcb(p->bev, pool_bev_read_cb, NULL, pool_bev_event_cb, p);
-	bufferevent_setwatermark(p->bev, EV_WRITE, 0, 0);
+	pool_move_bev(p, c);
 	return bufferevent_write(p->bev, discard, sizeof(discard)) == 0 &&
 	       bufferevent_enable(p->bev, EV_READ | EV_WRITE) == 0;
 }
@@ -748,14 +755,7 @@ bool pool_txn_park(struct conn *c)
 		event_add(p->rev, NULL);
 		relay_release_server(c);
 	} else {
-		if (c->rs.fd >= 0) /* a TLS server relayed on its socket: back to its bufferevent */
-			relay_server_to_bev(c, pool_bev_read_cb, pool_bev_event_cb, p);
-		p->bev = c->server;
-		p->ssl = c->be_ssl;
-		c->server = NULL;
-		c->be_ssl = NULL;
-		bufferevent_setcb(p->bev, pool_bev_read_cb, NULL, pool_bev_event_cb, p);
-		bufferevent_setwatermark(p->bev, EV_WRITE, 0, 0);
+		pool_move_bev(p, c);
 		bufferevent_enable(p->bev, EV_READ);
 	}
 	c->be_pid = c->be_key = 0;

@@ -85,15 +85,21 @@ admin() {
 http_get() {
 	node "$NODE_DIR/httpget.js" "$HTTP$1" "$2" 2>&1
 }
-# sleepers N APP SECONDS: N background sessions of APP, each in pg_sleep(SECONDS); their pids in SLEEPERS.
-sleepers() {
+# clients N APP NAME [SQL]: N concurrent clients of APP, each printing to $TMP/NAME.i; their pids in PIDS
+# (and LIB_PIDS, for the cleanup).
+clients() {
 	local i
-	SLEEPERS=()
+	PIDS=()
 	for i in $(seq 1 "$1"); do
-		probe "$2" "SELECT pg_sleep($3), 'slept'" >"$TMP/sleeper.$2.$i" &
-		SLEEPERS+=($!)
+		probe "$2" "${4:-SELECT current_database()}" >"$TMP/$3.$i" &
+		PIDS+=($!)
 		LIB_PIDS+=($!)
 	done
+}
+# sleepers N APP SECONDS: N background sessions of APP, each in pg_sleep(SECONDS); their pids in SLEEPERS.
+sleepers() {
+	clients "$1" "$2" "sleeper.$2" "SELECT pg_sleep($3), 'slept'"
+	SLEEPERS=("${PIDS[@]}")
 }
 # wait_sessions N: until N sessions relay (SHOW STATS clients counts the console itself too).
 wait_sessions() {
@@ -116,11 +122,7 @@ check_match "a second pglane on the same port does not start (SO_REUSEPORT would
 # ---------------------------------------------------------------- clients on every worker
 
 bad=0
-PIDS=()
-for i in $(seq 1 24); do
-	probe demo >"$TMP/c.$i" &
-	PIDS+=($!)
-done
+clients 24 demo c
 wait "${PIDS[@]}"
 for i in $(seq 1 24); do
 	[ "$(cat "$TMP/c.$i")" = demo-production ] || bad=$((bad + 1))
@@ -193,11 +195,7 @@ check_eq "6 sessions were cut, 6 finished" "6 6" \
 # ---------------------------------------------------------------- PAUSE / RESUME on every worker
 
 check_eq "PAUSE demo" PAUSE "$(admin "PAUSE demo")"
-PIDS=()
-for i in $(seq 1 8); do
-	probe demo >"$TMP/p.$i" &
-	PIDS+=($!)
-done
+clients 8 demo p
 for _ in $(seq 1 50); do
 	[ "$(admin "SHOW CLIENTS" | grep -c ' paused ')" -ge 8 ] && break
 	sleep 0.1
@@ -213,11 +211,7 @@ check_eq "after RESUME all 8 finish" 8 "$(grep -lx demo-production "$TMP"/p.* | 
 
 write_conf late
 check_eq "RELOAD on the console" RELOAD "$(admin RELOAD)"
-PIDS=()
-for i in $(seq 1 8); do
-	probe late >"$TMP/late.$i" &
-	PIDS+=($!)
-done
+clients 8 late late
 wait "${PIDS[@]}"
 check_eq "after RELOAD, 8 clients of the new app late all get in" 8 "$(grep -lx late-production "$TMP"/late.* | wc -l)"
 write_conf late hup
@@ -226,11 +220,7 @@ for _ in $(seq 1 50); do
 	grep -q 'reloaded .*4 apps' "$PGLANE_LOG" && break
 	sleep 0.1
 done
-PIDS=()
-for i in $(seq 1 8); do
-	probe hup >"$TMP/hup.$i" &
-	PIDS+=($!)
-done
+clients 8 hup hup
 wait "${PIDS[@]}"
 check_eq "after SIGHUP, 8 clients of the new app hup all get in" 8 "$(grep -lx hup-production "$TMP"/hup.* | wc -l)"
 check_match "SHOW STATS counts both reloads once" '^reloads 2$' "$(admin "SHOW STATS" | grep '^reloads ')"
