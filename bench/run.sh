@@ -29,7 +29,7 @@
 #   BENCH_WARMUP=2         seconds of unmeasured warm-up per target before each case's rounds (0: none)
 #   BENCH_SCALE=10         pgbench -i scale
 #   BENCH_JOBS=2           pgbench -j for the multi-client cases
-#   BENCH_CASES="1 1t 1s 2 3 4 4t 5 6 idle"   which cases to run (6: transaction pooling)
+#   BENCH_CASES="1 1t 1s 2 3 4 4t 5 6 6p idle"   which cases to run (6, 6p: transaction pooling)
 #   BENCH_MAX_CONNECTIONS=600   PostgreSQL max_connections (256 clients + PgBouncer's pool + idle test)
 #   BENCH_IDLE_CLIENTS     idle clients per session-pooling memory measurement (default: max_connections
 #                          - 50, since each then holds a server connection)
@@ -173,7 +173,7 @@ ROUNDS=${BENCH_ROUNDS:-2}
 WARMUP=${BENCH_WARMUP:-2}
 SCALE=${BENCH_SCALE:-10}
 JOBS=${BENCH_JOBS:-2}
-CASES=${BENCH_CASES:-1 1t 1s 2 3 4 4t 5 6 idle}
+CASES=${BENCH_CASES:-1 1t 1s 2 3 4 4t 5 6 6p idle}
 MAXCONN=${BENCH_MAX_CONNECTIONS:-600}
 IDLE_N=${BENCH_IDLE_CLIENTS:-$((MAXCONN - 50))}
 IDLE_TXN_N=${BENCH_IDLE_TXN_CLIENTS:-10000}
@@ -426,10 +426,10 @@ ENV_direct=(PGHOST=127.0.0.1 "PGPORT=$PG_PORT" PGUSER=postgres "PGPASSWORD=$PG_P
 ENV_pgbouncer=(PGHOST=127.0.0.1 "PGPORT=$PGB_PORT" PGUSER=postgres "PGPASSWORD=$PG_PASSWORD" "PGDATABASE=$DB")
 [ "$(env "${ENV_pglane[@]}" printenv PGDATABASE)" = "$DB" ] || die "pglane routes bench/production elsewhere"
 
-# Case 6 runs against a second PgBouncer and a second pglane, both in transaction pooling with 16 server
+# Cases 6 and 6p run against a second PgBouncer and a second pglane, both in transaction pooling with 16 server
 # connections (pglane's pool_size, PgBouncer's default_pool_size).
 TXN_POOL=16
-if [[ " $CASES " == *" 6 "* ]]; then
+if [[ " $CASES " == *" 6 "* || " $CASES " == *" 6p "* ]]; then
 	PGB_TXN_PORT='' LANE_TXN_PORT=''
 	free_port_var PGB_TXN_PORT && free_port_var LANE_TXN_PORT || die "free_port"
 	PGB_POOL_MODE=transaction PGB_POOL_SIZE=$TXN_POOL pgb_start "$PGB_TXN_PORT"
@@ -472,7 +472,7 @@ target_pid() {
 
 # case_target CASE TARGET: the process a case runs TARGET on (case 6: the transaction-pooling ones).
 case_target() {
-	if [ "$1" = 6 ] && [ "$2" != direct ]; then
+	if { [ "$1" = 6 ] || [ "$1" = 6p ]; } && [ "$2" != direct ]; then
 		echo "${2}_txn"
 	elif [ "$1" = 1s ] && [ "$2" != direct ]; then
 		echo "${2}_stls"
@@ -512,6 +512,7 @@ case_args() {
 	4 | 4t) echo "-S -C -c 8 -j $JOBS" ;;
 	5) echo "-S -c 1 -j 1" ;;
 	6) echo "-S -c 64 -j $JOBS" ;;
+	6p) echo "-S -M prepared -c 64 -j $JOBS" ;;
 	esac
 }
 case_mode() {
@@ -536,6 +537,7 @@ case_title() {
 	4t) echo "4t. \`-S -C\`: a new connection (SCRAM login) per transaction, 8 clients, client TLS" ;;
 	5) echo "5. One client: latency" ;;
 	6) echo "6. \`-S\`, 64 clients, transaction pooling (both proxies: $TXN_POOL server connections)" ;;
+	6p) echo "6p. \`-S -M prepared\`, 64 clients, transaction pooling: named statements ($TXN_POOL server connections; PgBouncer before 1.21 does not keep them, so its runs fail)" ;;
 	esac
 }
 

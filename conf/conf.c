@@ -66,6 +66,7 @@ enum pglane_key {
 	GK_POOL_MODE,
 	GK_POOL_SIZE,
 	GK_QUERY_WAIT_TIMEOUT,
+	GK_MAX_PREPARED_STATEMENTS,
 	GK_N
 };
 static const char *const pglane_keys[GK_N + 1] = {
@@ -76,7 +77,7 @@ static const char *const pglane_keys[GK_N + 1] = {
     "allow_cleartext", "admin_user",       "admin_password", "http_listen",
     "log_format",      "log_level",        "log_file",       "client_idle_timeout",
     "client_write_timeout", "kernel_relay",     "server_idle_timeout",
-    "pool_mode",       "pool_size",        "query_wait_timeout", NULL};
+    "pool_mode",       "pool_size",        "query_wait_timeout", "max_prepared_statements", NULL};
 
 enum instance_key {
 	IK_URL,
@@ -459,6 +460,7 @@ static void finish_pglane(struct parser *p)
 	}
 	take_int(p, GK_POOL_SIZE, 1, 100000, &c->pool_size);
 	take_int(p, GK_QUERY_WAIT_TIMEOUT, 0, MAX_SECONDS, &c->query_wait_timeout_s);
+	take_int(p, GK_MAX_PREPARED_STATEMENTS, 0, 100000, &c->max_prepared_statements);
 	take_path(p, GK_TLS_CERT, true, &c->tls_cert);
 	take_path(p, GK_TLS_KEY, true, &c->tls_key);
 	take_path(p, GK_CLIENT_CA, true, &c->client_ca);
@@ -906,6 +908,7 @@ struct conf *conf_load_string(const char *text, const char *name, const char *ba
 	c->client_write_timeout_s = 60;
 	c->server_idle_timeout_s = 60;
 	c->pool_size = 20;
+	c->max_prepared_statements = 200;
 	c->query_wait_timeout_s = 120;
 	c->max_clients = 10000;
 	c->max_packet_size = 65536;

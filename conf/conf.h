@@ -93,6 +93,7 @@ struct conf {
 	int pool_mode_line;       /* line of [pglane]'s pool_mode, or 0 */
 	int pool_size;            /* transaction mode: server connections per timeline database at most; 20 */
 	int query_wait_timeout_s; /* transaction mode: seconds a transaction may wait for a server connection; 120 */
+	int max_prepared_statements; /* transaction mode: named statements kept per server connection; 0: pin; 200 */
 
 	/* client-side TLS (issue 3) */
 	enum tls_mode tls_mode; /* default: allow when tls_cert is set, else disable */

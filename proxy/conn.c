@@ -155,6 +155,8 @@ static void conn_free(struct conn *c)
 	relay_free(c);
 	if (c->held)
 		evbuffer_free(c->held);
+	ps_client_free(c->psc);
+	ps_server_free(c->pss);
 	if (c->timer)
 		event_free(c->timer);
 	conn_login_done(c);

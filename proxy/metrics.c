@@ -73,6 +73,7 @@ void stats_gather(struct proxy *px, void *arg)
 	d->cancels_forwarded += s->cancels_forwarded, d->backend_errors += s->backend_errors;
 	d->provisions_ok += s->provisions_ok, d->provisions_failed += s->provisions_failed;
 	d->pool_kept += s->pool_kept, d->pool_reused += s->pool_reused;
+	d->ps_prepared += s->ps_prepared, d->ps_answered += s->ps_answered, d->ps_evicted += s->ps_evicted;
 	d->bytes_in += s->bytes_in, d->bytes_out += s->bytes_out;
 	for (size_t i = 0; i <= STATS_CONNECT_BUCKETS; i++)
 		d->connect_hist[i] += s->connect_hist[i];
@@ -233,6 +234,14 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	metrics_counter(b, "pglane_server_connections_reused_total",
 			"Client logins served by a kept server connection: no connection or login to the instance.",
 			s->pool_reused);
+	metrics_counter(b, "pglane_prepared_statements_prepared_total",
+			"Named statements prepared on server connections (transaction pooling).", s->ps_prepared);
+	metrics_counter(b, "pglane_prepared_statements_answered_total",
+			"Parse and Close messages of named statements pglane answered itself (transaction pooling).",
+			s->ps_answered);
+	metrics_counter(b, "pglane_prepared_statements_closed_total",
+			"Named statements closed on server connections to stay within max_prepared_statements.",
+			s->ps_evicted);
 	evbuffer_add_printf(b, "# HELP pglane_server_connections_idle Server connections waiting for a client.\n"
 			       "# TYPE pglane_server_connections_idle gauge\npglane_server_connections_idle %zu\n",
 			    (size_t)sum.pooled);

@@ -317,7 +317,7 @@ void pg_txn_scan(struct pg_txn *t, int side, const uint8_t *p, size_t n)
 				t->status = (char)p[0]; /* the only byte of its body */
 				t->owed -= t->owed > 0;
 			} else if (side == 0 && t->name_next) { /* a named statement outlives the transaction */
-				t->pinned |= p[0] != 0;
+				t->pinned |= p[0] != 0 && !t->names_kept;
 				t->name_next = false;
 			}
 			size_t k = n < t->left[side] ? n : t->left[side];

@@ -132,6 +132,7 @@ struct pg_txn {
 	bool pinned;       /* the client named a prepared statement (a Parse with a name): it lives on this
 	                    * server connection, which therefore stays with the session to its end */
 	bool name_next;    /* the next client byte is the first of a Parse's statement name */
+	bool names_kept;   /* pglane keeps named statements (stmt.c): a name does not pin */
 	char status;       /* the last ReadyForQuery's status */
 };
 

@@ -47,6 +47,7 @@ struct pooled {
 	SSL *ssl;                         /* TLS: owned by bev */
 	struct evbuffer *in;              /* owned: the server's bytes while resetting */
 	struct pgbuf *params;             /* owned: ParameterStatus messages for the next client */
+	struct ps_server *pss;            /* owned: the named statements it has prepared (stmt.c) */
 	uint32_t be_pid, be_key;
 	union {
 		struct sockaddr sa;
@@ -172,6 +173,7 @@ static void pool_destroy(struct pooled *p)
 		pgbuf_free(p->params);
 		free(p->params);
 	}
+	ps_server_free(p->pss);
 	snapshot_unref(p->snap);
 	free(p);
 }
@@ -392,6 +394,8 @@ static void pool_keep(struct pooled *p, struct conn *c)
 	memcpy(&p->be_addr, &c->be_addr, sizeof(p->be_addr));
 	p->be_addrlen = c->be_addrlen;
 	p->since = c->px->clock_s;
+	p->pss = c->pss;
+	c->pss = NULL;
 }
 
 /* The server's identity goes to the session that takes the parked connection. */
@@ -401,6 +405,9 @@ static void pool_give(struct pooled *p, struct conn *c)
 	c->be_key = p->be_key;
 	memcpy(&c->be_addr, &p->be_addr, sizeof(c->be_addr));
 	c->be_addrlen = p->be_addrlen;
+	ps_server_free(c->pss);
+	c->pss = p->pss;
+	p->pss = NULL;
 }
 
 /* c's TLS server connection moves to p as its bufferevent (back from the socket relay first, when it was
@@ -423,6 +430,8 @@ static bool pool_reset_from(struct pooled *p, struct conn *c)
 {
 	static const char discard[] = "Q\0\0\0\20DISCARD ALL"; /* length 16: 4 + 11 + NUL */
 
+	ps_server_free(p->pss); /* DISCARD ALL closes them all */
+	p->pss = NULL;
 	if (c->rs.fd >= 0 && !c->rs.ssl) {
 		p->fd = c->rs.fd;
 		p->rev = event_new(c->px->base, p->fd, EV_READ | EV_PERSIST, pool_fd_read_cb, p);
@@ -579,6 +588,8 @@ void pool_free_all(struct proxy *px)
 	px->params_blobs = NULL;
 	OPENSSL_LH_free(px->pgroups); /* empty too: groups go with their last session and parked connection */
 	px->pgroups = NULL;
+	OPENSSL_LH_free(px->ps_stmts); /* empty too: statements go with their last name and server connection */
+	px->ps_stmts = NULL;
 }
 
 /* ---------------------------------------------------------------- transaction pooling */
@@ -703,6 +714,9 @@ static void pool_txn_join(struct conn *c)
 	}
 	c->txn = true;
 	c->group->nsessions++;
+	/* Named statements are kept by pglane (stmt.c); without memory for that, they pin the session. */
+	if (c->snap->conf->max_prepared_statements > 0)
+		c->psc = ps_client_new(); /* (relay_start() tells c->tx) */
 }
 
 enum pool_login pool_txn_login(struct conn *c)
@@ -817,6 +831,8 @@ static void pool_txn_open(struct conn *c)
 		conn_close(c, "the group's startup packet no longer parses");
 		return;
 	}
+	ps_server_free(c->pss); /* a new connection has prepared nothing */
+	c->pss = NULL;
 	c->reopen = true;
 	c->provisioned = true; /* a database that disappears mid-session is an error, not a reason to create it */
 	c->state = CONN_CONNECT;

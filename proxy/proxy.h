@@ -186,6 +186,8 @@ struct conn {
 	struct pgroup *group;         /* reference: the sessions and server connections sharing one pool */
 	struct pg_txn tx;
 	struct evbuffer *held;        /* owned: the client's bytes waiting for a server connection */
+	struct ps_client *psc;        /* owned: named prepared statements (stmt.c), max_prepared_statements > 0 */
+	struct ps_server *pss;        /* owned: what the attached server connection has prepared */
 	uint32_t client_pid;          /* the process id the client was told (BackendKeyData) */
 	uint32_t wait_since;          /* px->clock_s when it began waiting (query_wait_timeout) */
 	TAILQ_ENTRY(conn) wait_link;  /* group->waiters */
@@ -213,6 +215,7 @@ struct stats {
 	uint64_t tls_handshakes, cancel_requests, cancels_forwarded;
 	uint64_t backend_errors, provisions_ok, provisions_failed;
 	uint64_t pool_kept, pool_reused; /* server connections kept when their client left; handed to a new one */
+	uint64_t ps_prepared, ps_answered, ps_evicted; /* named statements: Parses sent, answered by pglane, closed */
 	uint64_t bytes_in, bytes_out;
 	uint64_t connect_hist[STATS_CONNECT_BUCKETS + 1]; /* backend connect + login time; last = +Inf */
 	double connect_sum;
@@ -280,6 +283,8 @@ struct proxy {
 	struct pool_list pool;     /* server connections waiting for their next client (pool.c) */
 	size_t npooled;
 	void *params_blobs;        /* OPENSSL_LHASH of struct params_blob: sessions share identical ones */
+	void *ps_stmts;            /* OPENSSL_LHASH of struct ps_stmt: named statements' texts (stmt.c) */
+	uint64_t ps_next_id;       /* the last ps_stmt id given */
 	void *pgroups;             /* OPENSSL_LHASH of struct pgroup: transaction pools (pool.c) */
 	struct stats stats;
 	uint32_t clock_s;          /* seconds since start, ticked by the sweep: timestamps cost nothing */
@@ -473,6 +478,20 @@ bool relay_server_has_pending(struct conn *c);
 bool relay_adopt_server(struct conn *c, evutil_socket_t fd); /* false: out of memory, fd not taken */
 /* Transaction pooling: a server connection joined c (adopted, or logged in): relay what the client sent. */
 void relay_txn_resume(struct conn *c);
+
+/* stmt.c: named prepared statements under transaction pooling.  ps_to_server() takes the client's bytes for
+ * the attached server connection, ps_from_server() the server's for the client; both false once c closed. */
+struct ps_client *ps_client_new(void);
+void ps_client_free(struct ps_client *pc);
+void ps_server_free(struct ps_server *ss);
+bool ps_to_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *buf);
+bool ps_from_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *buf);
+bool ps_busy(const struct ps_client *pc);          /* a message or an answer is under way */
+bool ps_server_tainted(const struct ps_server *ss); /* DISCARD/DEALLOCATE: reset before it is shared again */
+unsigned ps_client_count(const struct ps_client *pc); /* the client's named statements */
+unsigned ps_server_count(const struct ps_server *ss); /* statements prepared on the connection */
+/* relay.c: bytes (p, or all of buf) to the client or the server, as they are. */
+bool relay_out(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf);
 
 /* krelay.c: the kernel relays plaintext sessions (kernel_relay) */
 bool krelay_open(struct proxy *px, uint32_t npairs, char *err, size_t errlen);

@@ -393,9 +393,10 @@ static void txn_scan_buf(struct pg_txn *t, int side, struct evbuffer *b)
 static void relay_txn_settle(struct conn *c)
 {
 	if (!c->txn || c->state != CONN_RELAY || c->closing || (c->rs.fd < 0 && !c->server) || !pg_txn_idle(&c->tx) ||
-	    relay_pending(c, false) > 0 || relay_server_has_pending(c))
+	    relay_pending(c, false) > 0 || relay_server_has_pending(c) || ps_busy(c->psc))
 		return; /* (what OpenSSL holds of the server's is this session's: the read loop delivers it first) */
-	if (!pool_txn_park(c))
+	/* After DISCARD or DEALLOCATE nobody knows which statements it holds: it is reset (DISCARD ALL) first. */
+	if (ps_server_tainted(c->pss) ? !pool_txn_retire(c) : !pool_txn_park(c))
 		return; /* out of memory: the session keeps it */
 	c->relay_blocked &= ~RELAY_BLOCKED_CLIENT; /* nothing waits for the server any more */
 	relay_reading(c, true, true);
@@ -460,7 +461,7 @@ void relay_txn_resume(struct conn *c)
 		evbuffer_free(from_server);
 	}
 	if (ok && c->held && evbuffer_get_length(c->held) > 0)
-		ok = relay_send(c, false, NULL, 0, c->held);
+		ok = c->psc ? ps_to_server(c, NULL, 0, c->held) : relay_send(c, false, NULL, 0, c->held);
 	if (ok && c->state == CONN_RELAY && !c->closing) {
 		relay_reading(c, true, !(c->relay_blocked & RELAY_BLOCKED_CLIENT));
 		relay_txn_settle(c); /* what it sent may ask for no answer (a stray CopyData) */
@@ -484,6 +485,8 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 		}
 		if (!to_client && c->rs.fd < 0 && !c->server)
 			return relay_txn_hold(c, p, n, buf);
+		if (c->psc)
+			return to_client ? ps_from_server(c, p, n, buf) : ps_to_server(c, p, n, buf);
 	}
 	return relay_send(c, to_client, p, n, buf);
 }
@@ -757,6 +760,7 @@ void relay_start(struct conn *c)
 	c->last_active = c->px->clock_s;
 	memset(&c->tx, 0, sizeof(c->tx));
 	c->tx.status = 'I';
+	c->tx.names_kept = c->psc != NULL;
 	/* The login's deadline is over; an idle session keeps no timer (conn_arm_timer() makes one if needed). */
 	event_free(c->timer);
 	c->timer = NULL;
@@ -859,7 +863,16 @@ void relay_sweep(struct proxy *px)
 
 bool relay_client_write(struct conn *c, const void *p, size_t n)
 {
+	if (c->psc) { /* pglane's own message, not an answer of the server's that stmt.c follows */
+		pg_txn_scan(&c->tx, 1, p, n);
+		return relay_send(c, true, p, n, NULL);
+	}
 	return relay_deliver(c, true, p, n, NULL);
+}
+
+bool relay_out(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf)
+{
+	return relay_send(c, to_client, p, n, buf);
 }
 
 bool relay_unflushed(struct conn *c, bool client)

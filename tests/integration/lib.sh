@@ -25,6 +25,7 @@ case $BUILD_DIR in
 *) BUILD_DIR=$REPO/$BUILD_DIR ;;
 esac
 PQPROBE=$BUILD_DIR/tools/pqprobe
+STMTPROBE=$BUILD_DIR/tools/stmtprobe
 PGLANE=${PGLANE_BIN:-$REPO/pglane}
 export PQPROBE PGLANE
 

@@ -31,6 +31,8 @@ listen = 127.0.0.1:$LANE_PORT
 server_idle_timeout = 30
 pool_size = ${1:-2}
 query_wait_timeout = 2
+# named statements pin their session here (the mode without pglane keeping them); t_prepared.sh: kept
+max_prepared_statements = 0
 http_listen = 127.0.0.1:$HTTP_PORT
 admin_user = admin
 admin_password = $ADMIN_PASSWORD

@@ -240,6 +240,7 @@ static void test_defaults(void **state)
 	assert_int_equal(c->pool_mode, POOL_MODE_SESSION);
 	assert_int_equal(c->pool_size, 20);
 	assert_int_equal(c->query_wait_timeout_s, 120);
+	assert_int_equal(c->max_prepared_statements, 200);
 	assert_int_equal(c->tls_mode, TLS_MODE_DISABLE);
 	assert_string_equal(c->tls_min_version, "TLSv1.2");
 	assert_false(c->allow_cleartext);
@@ -417,6 +418,8 @@ static void test_bad_files(void **state)
 	    {INST APP "pool_mode = sometimes\n", 6, "session or transaction"},
 	    {"[pglane]\npool_size = 0\n", 2, "pool_size"},
 	    {"[pglane]\nquery_wait_timeout = soon\n", 2, "query_wait_timeout"},
+	    {"[pglane]\nmax_prepared_statements = -1\n", 2, "max_prepared_statements"},
+	    {"[pglane]\n\nmax_prepared_statements = 100001\n", 3, "max_prepared_statements"},
 	    {"[pglane]\nserver_idle_timeout = 0\n" INST APP "pool_mode = transaction\n", 8,
 	     "pool_mode = transaction needs server_idle_timeout above 0"},
 	    {"[pglane]\nserver_idle_timeout = 0\npool_mode = transaction\n" INST APP, 3,
