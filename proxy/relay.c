@@ -57,9 +57,11 @@ size_t relay_pending(struct conn *c, bool client)
 	struct relay_raw *r = relay_raw_of(c, client);
 	struct bufferevent *b = relay_bev_of(c, client);
 
+	size_t waiting = client ? 0 : ps_stashed(c->psc); /* (the client's bytes that wait in stmt.c) */
+
 	if (r->fd >= 0)
-		return r->out ? evbuffer_get_length(r->out) : 0;
-	return b ? evbuffer_get_length(bufferevent_get_output(b)) : 0;
+		return waiting + (r->out ? evbuffer_get_length(r->out) : 0);
+	return waiting + (b ? evbuffer_get_length(bufferevent_get_output(b)) : 0);
 }
 
 static void relay_reading(struct conn *c, bool client, bool on)
@@ -485,8 +487,15 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 		}
 		if (!to_client && c->rs.fd < 0 && !c->server)
 			return relay_txn_hold(c, p, n, buf);
-		if (c->psc)
-			return to_client ? ps_from_server(c, p, n, buf) : ps_to_server(c, p, n, buf);
+		if (c->psc) { /* stmt.c; what it holds back counts as the server's pending bytes */
+			if (!(to_client ? ps_from_server(c, p, n, buf) : ps_to_server(c, p, n, buf)))
+				return false;
+			if (to_client)
+				relay_check_drained(c, false);
+			else
+				relay_check_full(c, false);
+			return c->state != CONN_CLOSED;
+		}
 	}
 	return relay_send(c, to_client, p, n, buf);
 }

@@ -65,7 +65,7 @@ enum ps_how {
 	PS_FORWARD, /* the server's answer goes to the client */
 	PS_SWALLOW, /* pglane's own request: its answer goes nowhere (an error still goes to the client) */
 	PS_SYNTH,   /* nothing went to the server: pglane answers once everything before it has been answered */
-	PS_DUP,     /* a Parse of a name the client already has: the server's error becomes the client's */
+	PS_DUP,     /* a Parse of a name the client already has: the server's 42P05 is told with the client's name */
 };
 
 struct ps_req {
@@ -75,6 +75,14 @@ struct ps_req {
 	bool srv_del;   /* a Close that took stmt out of it */
 	struct ps_stmt *stmt; /* reference, or NULL */
 	char *name;     /* owned: the name a client's Parse added, a Close removed, a duplicate Parse repeated */
+	/* A Query that begins DISCARD ALL or DEALLOCATE ALL: the names and the server's set before it, put
+	 * back should the server skip it or fail it, dropped once it has run (its CommandComplete). */
+	bool spec;      /* it changed the books (names, the server's set) on the bet that the server carries it out */
+	uint32_t batch; /* the Sync that ends its batch: pc->batch then */
+	bool has_saved;
+	void *saved_names; /* OPENSSL_LHASH of struct ps_name */
+	struct ps_slot *saved_v;
+	unsigned saved_n, saved_cap;
 };
 
 struct ps_client {
@@ -82,6 +90,12 @@ struct ps_client {
 	struct ps_req *q;     /* ring: requests sent, answers not yet complete */
 	unsigned head, count, cap;
 	bool skipping; /* an extended-protocol error: the server ignores everything up to the next Sync */
+	/* A batch that changed the books and is not yet answered may be skipped by the server, should an
+	 * error come before its Sync; what the client sends behind that Sync is decided on those books, so it
+	 * waits in stash until then (one round trip, for pipelines that prepare and use across a Sync). */
+	uint32_t batch;          /* Syncs queued so far */
+	unsigned nspec, nspec_open; /* queued requests with spec set; of those, in the batch still open */
+	struct evbuffer *stash;
 	/* the client's bytes */
 	uint8_t hdr[5], have;
 	uint8_t type;          /* of the message being streamed */
@@ -95,7 +109,9 @@ struct ps_client {
 	uint8_t shdr[5], shave;
 	uint8_t stype;
 	uint32_t sleft;
-	bool sdrop; /* the server message being read is not the client's */
+	bool sdrop;  /* the server message being read is not the client's */
+	bool skeep;  /* ... but it is kept in serr: the error a duplicate Parse met */
+	struct evbuffer *serr;
 };
 
 /* ---------------------------------------------------------------- statements */
@@ -238,7 +254,9 @@ struct ps_client *ps_client_new(void)
 	pc->part = evbuffer_new();
 	pc->out = evbuffer_new();
 	pc->msg = evbuffer_new();
-	if (!pc->names || !pc->part || !pc->out || !pc->msg) {
+	pc->serr = evbuffer_new();
+	pc->stash = evbuffer_new();
+	if (!pc->names || !pc->part || !pc->out || !pc->msg || !pc->serr || !pc->stash) {
 		ps_client_free(pc);
 		return NULL;
 	}
@@ -253,8 +271,45 @@ static void ps_name_free(void *p)
 	free(n);
 }
 
+static void ps_saved_free(struct ps_req *r)
+{
+	if (!r->has_saved)
+		return;
+	OPENSSL_LH_doall(r->saved_names, ps_name_free);
+	OPENSSL_LH_free(r->saved_names);
+	for (unsigned i = 0; i < r->saved_n; i++)
+		ps_stmt_put(r->saved_v[i].stmt);
+	free(r->saved_v);
+	r->has_saved = false;
+	r->saved_names = NULL;
+	r->saved_v = NULL;
+}
+
+/* The DISCARD ALL of r did not run: the names and the server's set are what they were before it. */
+static void ps_saved_restore(struct conn *c, struct ps_req *r)
+{
+	struct ps_client *pc = c->psc;
+	struct ps_server *ss = c->pss;
+
+	if (!r->has_saved)
+		return;
+	OPENSSL_LH_doall(pc->names, ps_name_free);
+	OPENSSL_LH_free(pc->names);
+	pc->names = r->saved_names;
+	for (unsigned i = 0; i < ss->n; i++)
+		ps_stmt_put(ss->v[i].stmt);
+	free(ss->v);
+	ss->v = r->saved_v;
+	ss->n = r->saved_n;
+	ss->cap = r->saved_cap;
+	r->has_saved = false;
+	r->saved_names = NULL;
+	r->saved_v = NULL;
+}
+
 static void ps_req_clear(struct ps_req *r)
 {
+	ps_saved_free(r);
 	ps_stmt_put(r->stmt);
 	free(r->name);
 	memset(r, 0, sizeof(*r));
@@ -277,6 +332,10 @@ void ps_client_free(struct ps_client *pc)
 		evbuffer_free(pc->out);
 	if (pc->msg)
 		evbuffer_free(pc->msg);
+	if (pc->serr)
+		evbuffer_free(pc->serr);
+	if (pc->stash)
+		evbuffer_free(pc->stash);
 	free(pc);
 }
 
@@ -285,9 +344,14 @@ unsigned ps_client_count(const struct ps_client *pc)
 	return pc ? (unsigned)OPENSSL_LH_num_items(pc->names) : 0;
 }
 
+size_t ps_stashed(const struct ps_client *pc)
+{
+	return pc ? evbuffer_get_length(pc->stash) : 0;
+}
+
 bool ps_busy(const struct ps_client *pc)
 {
-	return pc && (pc->count > 0 || pc->have > 0 || pc->left > 0 || pc->part_need > 0 || pc->shave > 0 ||
+	return pc && (pc->count > 0 || evbuffer_get_length(pc->stash) > 0 || pc->have > 0 || pc->left > 0 || pc->part_need > 0 || pc->shave > 0 ||
 		      pc->sleft > 0);
 }
 
@@ -345,7 +409,14 @@ static struct ps_req *ps_head(struct ps_client *pc)
 
 static void ps_pop(struct ps_client *pc)
 {
-	ps_req_clear(&pc->q[pc->head]);
+	struct ps_req *r = &pc->q[pc->head];
+
+	if (r->spec) {
+		pc->nspec--;
+		if (r->batch == pc->batch)
+			pc->nspec_open--;
+	}
+	ps_req_clear(r);
 	pc->head = (pc->head + 1) % pc->cap;
 	pc->count--;
 }
@@ -395,7 +466,30 @@ static bool ps_push(struct conn *c, uint8_t type, uint8_t how, struct ps_stmt *s
 	r->how = how;
 	r->stmt = stmt;
 	r->name = name;
+	r->batch = pc->batch;
+	if (type == 'S') {
+		pc->batch++;
+		pc->nspec_open = 0;
+	}
 	return true;
+}
+
+/* The request just queued changed the books (see struct ps_client). */
+static void ps_spec(struct ps_client *pc)
+{
+	struct ps_req *r = &pc->q[(pc->head + pc->count - 1) % pc->cap];
+
+	if (!r->spec) {
+		r->spec = true;
+		pc->nspec++;
+		pc->nspec_open++;
+	}
+}
+
+/* Whether what the client sends next must wait for the answers to a batch that changed the books. */
+static bool ps_must_wait(const struct ps_client *pc)
+{
+	return pc->nspec > pc->nspec_open;
 }
 
 /* The server did not carry out r (an error, or skipped to the next Sync): what it did to the books goes. */
@@ -411,6 +505,8 @@ static void ps_undo(struct conn *c, struct ps_req *r)
 		ps_server_add(c->pss, r->stmt); /* (out of memory: it is prepared again, and fails, at worst) */
 	if (r->type == 'C' && r->name && r->stmt && !ps_name_find(pc, r->name))
 		ps_name_add(pc, r->name, r->stmt);
+	if (r->type == 'Q')
+		ps_saved_restore(c, r);
 }
 
 /* ---------------------------------------------------------------- the client's messages */
@@ -450,6 +546,7 @@ static bool ps_make_room(struct conn *c)
 		if (!ps_push(c, 'C', PS_SWALLOW, s, NULL))
 			return false;
 		c->psc->q[(c->psc->head + c->psc->count - 1) % c->psc->cap].srv_del = true;
+		ps_spec(c->psc);
 		c->px->stats.ps_evicted++;
 	}
 	return true;
@@ -472,6 +569,7 @@ static bool ps_ensure(struct conn *c, struct ps_stmt *s)
 	if (!ps_push(c, 'P', PS_SWALLOW, ps_stmt_ref(s), NULL))
 		return false;
 	c->psc->q[(c->psc->head + c->psc->count - 1) % c->psc->cap].srv_add = true;
+	ps_spec(c->psc);
 	c->px->stats.ps_prepared++;
 	return true;
 }
@@ -503,8 +601,9 @@ static bool ps_on_parse(struct conn *c, const uint8_t *body, size_t len, size_t 
 			free(dup);
 			return false;
 		}
+		/* The new text under the name the server has: a syntax error comes first, as in PostgreSQL. */
 		ps_srv_name(s, srv);
-		ps_put_msg(pc->msg, 'P', srv, strlen(srv) + 1, s->body, s->len, NULL, 0);
+		ps_put_msg(pc->msg, 'P', srv, strlen(srv) + 1, rest, restlen, NULL, 0);
 		return ps_push(c, 'P', PS_DUP, ps_stmt_ref(s), dup);
 	}
 	struct ps_stmt *s = ps_stmt_get(c->px, rest, restlen);
@@ -518,6 +617,7 @@ static bool ps_on_parse(struct conn *c, const uint8_t *body, size_t len, size_t 
 		slot->used = ++c->pss->clock;
 		if (!ps_push(c, 'P', PS_SYNTH, s, dup))
 			return false;
+		ps_spec(pc);
 		ps_answer_head(c); /* (c closed: ps_feed() stops) */
 		return true;
 	}
@@ -531,6 +631,7 @@ static bool ps_on_parse(struct conn *c, const uint8_t *body, size_t len, size_t 
 	if (!ps_push(c, 'P', PS_FORWARD, s, dup))
 		return false;
 	pc->q[(pc->head + pc->count - 1) % pc->cap].srv_add = true;
+	ps_spec(pc);
 	c->px->stats.ps_prepared++;
 	return true;
 }
@@ -597,6 +698,8 @@ static enum ps_fate ps_on_message(struct conn *c, const uint8_t *msg, size_t tot
 				ps_name_del(pc, name);
 			if (!ps_push(c, 'C', PS_SYNTH, s, dup))
 				return PS_NOMEM;
+			if (n)
+				ps_spec(pc);
 			ps_answer_head(c); /* (c closed: ps_feed() stops) */
 			return PS_REPLACED;
 		}
@@ -658,15 +761,21 @@ static void ps_on_query_text(struct conn *c)
 	pc->qhave = 0;
 	if (strcmp(w2, "all") != 0 || (strcmp(w1, "discard") != 0 && strcmp(w1, "deallocate") != 0))
 		return;
-	OPENSSL_LHASH *fresh = OPENSSL_LH_new(ps_lh_hash, ps_name_cmp);
-	if (fresh) { /* (without memory the names stay: a Bind of one is prepared again) */
-		OPENSSL_LH_doall(pc->names, ps_name_free);
-		OPENSSL_LH_free(pc->names);
-		pc->names = fresh;
-	}
-	for (unsigned k = 0; k < c->pss->n; k++)
-		ps_stmt_put(c->pss->v[k].stmt);
-	c->pss->n = 0;
+	/* What follows in the pipeline sees none (as in PostgreSQL); until the command has run, the Query's
+	 * request keeps what was, for the server may skip it (an error before it) or fail it. */
+	struct ps_req *r = pc->count ? &pc->q[(pc->head + pc->count - 1) % pc->cap] : NULL;
+	OPENSSL_LHASH *fresh;
+	if (pc->skipping || !r || r->type != 'Q' || r->has_saved || !(fresh = OPENSSL_LH_new(ps_lh_hash, ps_name_cmp)))
+		return; /* (ignored by the server; or without memory: the names stay, a Bind of one prepares it) */
+	r->has_saved = true;
+	ps_spec(pc);
+	r->saved_names = pc->names;
+	pc->names = fresh;
+	r->saved_v = c->pss->v;
+	r->saved_n = c->pss->n;
+	r->saved_cap = c->pss->cap;
+	c->pss->v = NULL;
+	c->pss->n = c->pss->cap = 0;
 	c->pss->tainted = true;
 }
 
@@ -713,12 +822,16 @@ static bool ps_message(struct conn *c, struct ps_run *r, const uint8_t *msg, siz
 	return evbuffer_add_buffer(pc->out, pc->msg) == 0;
 }
 
-static bool ps_feed(struct conn *c, const uint8_t *p, size_t n)
+/* Takes the client's n bytes at p up to where they must wait (ps_must_wait()): *used of them. */
+static bool ps_feed(struct conn *c, const uint8_t *p, size_t n, size_t *used)
 {
 	struct ps_client *pc = c->psc;
 	struct ps_run r = {p, p, evbuffer_get_length(pc->out) > 0};
+	const uint8_t *start = p;
 
 	while (n > 0 && c->state != CONN_CLOSED) {
+		if (pc->part_need == 0 && pc->left == 0 && pc->have == 0 && ps_must_wait(pc))
+			break; /* at a message's start */
 		if (pc->part_need > 0) {
 			size_t k = n < pc->part_need ? n : pc->part_need;
 			if (evbuffer_add(pc->part, p, k) != 0)
@@ -803,9 +916,38 @@ static bool ps_feed(struct conn *c, const uint8_t *p, size_t n)
 		if (!ps_on_stream_header(c, type))
 			return false;
 	}
+	*used = (size_t)(p - start);
 	if (c->state != CONN_CLOSED && !r.copying && r.to > r.from)
 		relay_out(c, false, r.from, (size_t)(r.to - r.from), NULL); /* (failing, it closes c: the caller sees) */
 	return true;
+}
+
+/* Sends what pc->out gathered. */
+static bool ps_flush_out(struct conn *c)
+{
+	struct ps_client *pc = c->psc;
+
+	return evbuffer_get_length(pc->out) == 0 || relay_out(c, false, NULL, 0, pc->out);
+}
+
+/* Takes what waited in the stash, as far as it may go now.  False when c closed. */
+static bool ps_refeed(struct conn *c)
+{
+	struct ps_client *pc = c->psc;
+
+	while (c->state != CONN_CLOSED && evbuffer_get_length(pc->stash) > 0 && !ps_must_wait(pc)) {
+		size_t len = evbuffer_get_length(pc->stash), used = 0;
+		uint8_t *p = evbuffer_pullup(pc->stash, -1);
+		if (!p || !ps_feed(c, p, len, &used)) {
+			if (c->state != CONN_CLOSED)
+				conn_close(c, "out of memory");
+			return false;
+		}
+		evbuffer_drain(pc->stash, used);
+		if (used == 0)
+			break;
+	}
+	return c->state != CONN_CLOSED && ps_flush_out(c);
 }
 
 bool ps_to_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *buf)
@@ -817,13 +959,27 @@ bool ps_to_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *b
 		conn_close(c, "out of memory");
 		return false;
 	}
+	if (evbuffer_get_length(pc->stash) > 0) { /* behind what waits */
+		ok = (p ? evbuffer_add(pc->stash, p, n) : evbuffer_add_buffer(pc->stash, buf)) == 0;
+		if (!ok) {
+			conn_close(c, "out of memory");
+			return false;
+		}
+		return ps_refeed(c);
+	}
 	if (p) {
-		ok = ps_feed(c, p, n);
+		size_t used = 0;
+		ok = ps_feed(c, p, n, &used) && (used == n || evbuffer_add(pc->stash, p + used, n - used) == 0);
 	} else {
 		struct evbuffer_iovec v;
 		while (ok && c->state != CONN_CLOSED && evbuffer_peek(buf, -1, NULL, &v, 1) > 0 && v.iov_len > 0) {
-			ok = ps_feed(c, v.iov_base, v.iov_len);
-			evbuffer_drain(buf, v.iov_len);
+			size_t used = 0;
+			ok = ps_feed(c, v.iov_base, v.iov_len, &used);
+			evbuffer_drain(buf, used);
+			if (ok && used < v.iov_len) {
+				ok = evbuffer_add_buffer(pc->stash, buf) == 0;
+				break;
+			}
 		}
 	}
 	if (c->state == CONN_CLOSED)
@@ -832,9 +988,7 @@ bool ps_to_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *b
 		conn_close(c, "out of memory");
 		return false;
 	}
-	if (evbuffer_get_length(pc->out) == 0)
-		return true;
-	return relay_out(c, false, NULL, 0, pc->out);
+	return ps_flush_out(c);
 }
 
 /* ---------------------------------------------------------------- the server's messages */
@@ -865,24 +1019,39 @@ static void ps_on_error(struct conn *c)
 	struct ps_client *pc = c->psc;
 	struct ps_req *r = ps_head(pc);
 
-	ps_undo(c, r);
-	ps_pop(pc);
-	while ((r = ps_head(pc)) && r->type != 'S') {
-		ps_undo(c, r);
+	unsigned k = 1; /* the failed request and those behind it up to the next Sync */
+
+	(void)r;
+	while (k < pc->count && pc->q[(pc->head + k) % pc->cap].type != 'S')
+		k++;
+	for (unsigned j = k; j-- > 0;) /* the last first: each undo finds the books as its request left them */
+		ps_undo(c, &pc->q[(pc->head + j) % pc->cap]);
+	for (unsigned j = 0; j < k; j++)
 		ps_pop(pc);
-	}
-	pc->skipping = !r;
+	pc->skipping = pc->count == 0;
 }
 
-/* The error a duplicate Parse earns, naming the client's statement. */
+/* The error a duplicate Parse met (in pc->serr): PostgreSQL's 42P05 names the client's statement; any
+ * other (a syntax error in the new text, which PostgreSQL reports first) goes as the server said it. */
 static bool ps_dup_error(struct conn *c, const char *name)
 {
+	struct ps_client *pc = c->psc;
+	size_t len = evbuffer_get_length(pc->serr);
+	uint8_t *m = evbuffer_pullup(pc->serr, -1);
+	const char *code = m && len > 5 ? pg_error_field(m + 5, len - 5, 'C') : NULL;
 	struct pgbuf b = {0};
 	char msg[256];
+	bool ok;
 
+	if (!code || strcmp(code, "42P05") != 0) {
+		ok = relay_out(c, true, NULL, 0, pc->serr);
+		evbuffer_drain(pc->serr, evbuffer_get_length(pc->serr));
+		return ok;
+	}
+	evbuffer_drain(pc->serr, len);
 	snprintf(msg, sizeof(msg), "prepared statement \"%s\" already exists", name);
 	pg_put_error(&b, "ERROR", "42P05", msg, NULL, NULL);
-	bool ok = !b.oom && relay_out(c, true, b.data, b.len, NULL);
+	ok = !b.oom && relay_out(c, true, b.data, b.len, NULL);
 	pgbuf_free(&b);
 	if (!ok && c->state != CONN_CLOSED)
 		conn_close(c, "out of memory");
@@ -909,6 +1078,12 @@ static bool ps_server_message_end(struct conn *c, uint8_t t)
 
 	if (!r || t == 'N' || t == 'A' || t == 'S')
 		return true;
+	if (r->type == 'Q' && r->has_saved && (t == 'C' || t == 'E')) { /* a DISCARD ALL ran, or failed */
+		if (t == 'C')
+			ps_saved_free(r);
+		else
+			ps_saved_restore(c, r);
+	}
 	if (t == 'E') {
 		if (r->type == 'S' || r->type == 'Q' || r->type == 'F')
 			return true; /* its ReadyForQuery still comes */
@@ -930,13 +1105,9 @@ static bool ps_server_message_end(struct conn *c, uint8_t t)
 		}
 		return true;
 	}
-	if (r->how == PS_DUP) { /* the server had not the statement after all: the client still hears 42P05 */
-		char *name = r->name;
-		r->name = NULL;
-		ps_pop(pc);
-		bool ok = ps_dup_error(c, name);
-		free(name);
-		return ok && ps_answer_head(c);
+	if (r->how == PS_DUP) { /* the server had not the statement: it has the client's new text under its name */
+		conn_close(c, "transaction pooling lost track of the server's prepared statements");
+		return false;
 	}
 	ps_pop(pc);
 	return ps_answer_head(c);
@@ -984,6 +1155,10 @@ static bool ps_from_server_bytes(struct conn *c, const uint8_t *p, size_t n)
 			if (pc->sdrop) {
 				if (!ps_flush_run(c, run, p))
 					return false;
+				if (pc->skeep && evbuffer_add(pc->serr, p, k) != 0) {
+					conn_close(c, "out of memory");
+					return false;
+				}
 				run = p + k;
 			}
 			p += k, n -= k;
@@ -1017,7 +1192,12 @@ static bool ps_from_server_bytes(struct conn *c, const uint8_t *p, size_t n)
 		}
 		pc->stype = h[0];
 		pc->sdrop = !ps_server_header(c, pc->stype);
+		pc->skeep = pc->sdrop && pc->stype == 'E'; /* (a duplicate Parse's) */
 		pc->sleft = len - 4;
+		if (pc->skeep && evbuffer_add(pc->serr, h, 5) != 0) {
+			conn_close(c, "out of memory");
+			return false;
+		}
 		if (in_place) {
 			if (pc->sdrop) {
 				if (!ps_flush_run(c, run, p))
@@ -1036,13 +1216,18 @@ static bool ps_from_server_bytes(struct conn *c, const uint8_t *p, size_t n)
 
 bool ps_from_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *buf)
 {
-	if (p)
-		return ps_from_server_bytes(c, p, n);
-	struct evbuffer_iovec v;
-	while (c->state != CONN_CLOSED && evbuffer_peek(buf, -1, NULL, &v, 1) > 0 && v.iov_len > 0) {
-		if (!ps_from_server_bytes(c, v.iov_base, v.iov_len))
+	if (p) {
+		if (!ps_from_server_bytes(c, p, n))
 			return false;
-		evbuffer_drain(buf, v.iov_len);
+	} else {
+		struct evbuffer_iovec v;
+		while (c->state != CONN_CLOSED && evbuffer_peek(buf, -1, NULL, &v, 1) > 0 && v.iov_len > 0) {
+			if (!ps_from_server_bytes(c, v.iov_base, v.iov_len))
+				return false;
+			evbuffer_drain(buf, v.iov_len);
+		}
 	}
-	return c->state != CONN_CLOSED;
+	/* Answers that settle what the client's waiting bytes depend on: they go on (after every byte of the
+	 * server's forwarded above, for pglane may answer some of them itself). */
+	return c->state != CONN_CLOSED && ps_refeed(c);
 }

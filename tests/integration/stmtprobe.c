@@ -13,6 +13,8 @@
  *                        in pipeline mode: a query that fails (SELECT 1/0), then Parse NAME SQL, then one
  *                        Sync: prints what each got ("ERROR 22012 ..." then "skipped" when the server
  *                        skipped the Parse, as PostgreSQL does after an error, or "ok")
+ *   pipeline-use NAME SQL
+ *                        in pipeline mode: Parse NAME SQL, Sync, then NAME executed, Sync: both results
  *   pipeline-batch N NAME...
  *                        in pipeline mode: each NAME executed in turn, N times over, behind one Sync:
  *                        the results joined by ","
@@ -132,6 +134,16 @@ int main(int argc, char **argv)
 			}
 			i += 2;
 			pipeline_results(c, 2);
+			PQexitPipelineMode(c);
+		} else if (strcmp(step, "pipeline-use") == 0 && i + 2 <= argc) {
+			if (!PQenterPipelineMode(c) || !PQsendPrepare(c, argv[i], argv[i + 1], 0, NULL) || !PQpipelineSync(c) ||
+			    !PQsendQueryPrepared(c, argv[i], 0, NULL, NULL, NULL, 0) || !PQpipelineSync(c)) {
+				printf("SENDFAIL %s", PQerrorMessage(c));
+				return 1;
+			}
+			i += 2;
+			pipeline_results(c, 1);
+			pipeline_results(c, 1);
 			PQexitPipelineMode(c);
 		} else if (strcmp(step, "pipeline-batch") == 0 && i + 2 <= argc) {
 			int times = atoi(argv[i++]), first = i, n = 0;

@@ -72,6 +72,15 @@ check_eq "  ... which is: the error, the Parse skipped, then a Parse of that nam
 ok
 33' "$(probe "${steps[@]}")"
 
+steps=(pipeline-use u "SELECT 'used'" pipeline-fail u "SELECT 'again'" pipeline-use u "SELECT 'once more'")
+check_eq "pipelines: a name prepared, synced and used at once (pglane waits for the Parse's answer); a Parse skipped after an error; the name still the first text's (as directly)" \
+	"$(direct_probe "${steps[@]}")" "$(probe "${steps[@]}")"
+check_eq "  ... which is" 'ok
+used
+ERROR 22012,skipped
+ERROR 42P05
+used' "$(probe "${steps[@]}")"
+
 steps=(prepare d "SELECT 'd'" query "DISCARD ALL" exec d prepare d "SELECT 'again'" exec d query "DEALLOCATE ALL" exec d)
 check_eq "DISCARD ALL and DEALLOCATE ALL drop the client's statements (as directly)" \
 	"$(direct_probe "${steps[@]}")" "$(probe "${steps[@]}")"
