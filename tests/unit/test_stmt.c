@@ -118,12 +118,12 @@ static void sim_run(struct sim *s)
 		if (evbuffer_get_length(s->in) < total)
 			return;
 		uint8_t *m = evbuffer_pullup(s->in, (ev_ssize_t)total);
-		const char *a = (const char *)m + 5, *b = a + strlen(a) + 1;
+		const char *a = (const char *)m + 5, *b = total > 5 ? a + strlen(a) + 1 : a; /* (bodies: strings) */
 		if (s->skipping && m[0] != 'S') {
 			evbuffer_drain(s->in, total);
 			continue;
 		}
-		int i;
+		int i = -1;
 		switch (m[0]) {
 		case 'P': /* name, text: the text is checked first, then the name */
 			if (strcmp(b, "ERR") == 0) {
