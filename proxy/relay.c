@@ -423,8 +423,11 @@ static bool relay_txn_hold(struct conn *c, const uint8_t *p, size_t n, struct ev
 	}
 	if (!c->waiting && c->state == CONN_RELAY)
 		pool_txn_attach(c);
-	/* A parked connection was there (the usual case): relaying goes on.  Else the client waits, unread. */
-	if (c->state == CONN_CONNECT || (c->state == CONN_RELAY && c->waiting))
+	/* A parked connection was there (the usual case): relaying goes on.  Else the client waits, unread
+	 * while a new connection logs in; in line, its read event stays (two epoll_ctl() a transaction saved,
+	 * and a client that leaves is seen) until it has RELAY_HIGH bytes waiting. */
+	if (c->state == CONN_CONNECT ||
+	    (c->state == CONN_RELAY && c->waiting && evbuffer_get_length(c->held) >= RELAY_HIGH))
 		relay_reading(c, true, false);
 	return c->state == CONN_RELAY && !c->closing;
 }
