@@ -488,6 +488,7 @@ bool ps_to_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *b
 bool ps_from_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *buf);
 bool ps_busy(const struct ps_client *pc);          /* a message or an answer is under way */
 size_t ps_stashed(const struct ps_client *pc);     /* the client's bytes waiting for a batch's answers */
+void ps_release(struct conn *c); /* the client has gone: what it sent goes to the server without waiting */
 bool ps_server_tainted(const struct ps_server *ss); /* DISCARD/DEALLOCATE: reset before it is shared again */
 unsigned ps_client_count(const struct ps_client *pc); /* the client's named statements */
 unsigned ps_server_count(const struct ps_server *ss); /* statements prepared on the connection */

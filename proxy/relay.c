@@ -173,6 +173,9 @@ static void relay_client_closed(struct conn *c)
 		conn_close(c, "client closed the connection; its server connection is reset for the pool");
 		return;
 	}
+	ps_release(c); /* (a COMMIT waiting in stmt.c behind a Sync still reaches the server) */
+	if (c->state == CONN_CLOSED)
+		return;
 
 	if (relay_pending(c, false) == 0 && !kernel) {
 		conn_close(c, reason);

@@ -101,6 +101,9 @@ struct ps_client {
 	uint8_t type;          /* of the message being streamed */
 	uint32_t left;         /* its bytes still to come */
 	uint8_t qtext[40], qhave; /* a Query's first bytes (DISCARD ALL, DEALLOCATE ALL) */
+	bool qdone;            /* ... looked at */
+	bool copy_in;          /* the server is in COPY FROM STDIN: it ignores Sync until CopyDone/CopyFail */
+	bool force;            /* the client has gone: what waits goes to the server now (ps_release()) */
 	struct evbuffer *part; /* a Parse, Bind, Describe or Close being gathered, header included */
 	uint32_t part_need;
 	struct evbuffer *msg;  /* what one Parse, Bind, Describe or Close becomes (pglane's messages included) */
@@ -111,6 +114,8 @@ struct ps_client {
 	uint32_t sleft;
 	bool sdrop;  /* the server message being read is not the client's */
 	bool skeep;  /* ... but it is kept in serr: the error a duplicate Parse met */
+	char stag[24];    /* a CommandComplete's tag (its first bytes) */
+	uint8_t stag_have;
 	struct evbuffer *serr;
 };
 
@@ -271,45 +276,8 @@ static void ps_name_free(void *p)
 	free(n);
 }
 
-static void ps_saved_free(struct ps_req *r)
-{
-	if (!r->has_saved)
-		return;
-	OPENSSL_LH_doall(r->saved_names, ps_name_free);
-	OPENSSL_LH_free(r->saved_names);
-	for (unsigned i = 0; i < r->saved_n; i++)
-		ps_stmt_put(r->saved_v[i].stmt);
-	free(r->saved_v);
-	r->has_saved = false;
-	r->saved_names = NULL;
-	r->saved_v = NULL;
-}
-
-/* The DISCARD ALL of r did not run: the names and the server's set are what they were before it. */
-static void ps_saved_restore(struct conn *c, struct ps_req *r)
-{
-	struct ps_client *pc = c->psc;
-	struct ps_server *ss = c->pss;
-
-	if (!r->has_saved)
-		return;
-	OPENSSL_LH_doall(pc->names, ps_name_free);
-	OPENSSL_LH_free(pc->names);
-	pc->names = r->saved_names;
-	for (unsigned i = 0; i < ss->n; i++)
-		ps_stmt_put(ss->v[i].stmt);
-	free(ss->v);
-	ss->v = r->saved_v;
-	ss->n = r->saved_n;
-	ss->cap = r->saved_cap;
-	r->has_saved = false;
-	r->saved_names = NULL;
-	r->saved_v = NULL;
-}
-
 static void ps_req_clear(struct ps_req *r)
 {
-	ps_saved_free(r);
 	ps_stmt_put(r->stmt);
 	free(r->name);
 	memset(r, 0, sizeof(*r));
@@ -489,7 +457,7 @@ static void ps_spec(struct ps_client *pc)
 /* Whether what the client sends next must wait for the answers to a batch that changed the books. */
 static bool ps_must_wait(const struct ps_client *pc)
 {
-	return pc->nspec > pc->nspec_open;
+	return pc->nspec > pc->nspec_open && !pc->force && !pc->copy_in;
 }
 
 /* The server did not carry out r (an error, or skipped to the next Sync): what it did to the books goes. */
@@ -505,8 +473,6 @@ static void ps_undo(struct conn *c, struct ps_req *r)
 		ps_server_add(c->pss, r->stmt); /* (out of memory: it is prepared again, and fails, at worst) */
 	if (r->type == 'C' && r->name && r->stmt && !ps_name_find(pc, r->name))
 		ps_name_add(pc, r->name, r->stmt);
-	if (r->type == 'Q')
-		ps_saved_restore(c, r);
 }
 
 /* ---------------------------------------------------------------- the client's messages */
@@ -613,6 +579,16 @@ static bool ps_on_parse(struct conn *c, const uint8_t *body, size_t len, size_t 
 		return false;
 	}
 	struct ps_slot *slot = ps_server_find(c->pss, s);
+	if (slot && c->tx.status == 'E' && pc->count == 0) {
+		/* In a failed transaction PostgreSQL refuses a Parse (25P02): the server says so, and the name
+		 * goes again (ps_undo()); pglane's name exists there, so it cannot succeed by mistake. */
+		ps_srv_name(s, srv);
+		ps_put_msg(pc->msg, 'P', srv, strlen(srv) + 1, rest, restlen, NULL, 0);
+		if (!ps_push(c, 'P', PS_FORWARD, s, dup))
+			return false;
+		ps_spec(pc);
+		return true;
+	}
 	if (slot) { /* prepared on this connection already: pglane answers */
 		slot->used = ++c->pss->clock;
 		if (!ps_push(c, 'P', PS_SYNTH, s, dup))
@@ -714,69 +690,100 @@ static bool ps_on_stream_header(struct conn *c, uint8_t type)
 	struct ps_client *pc = c->psc;
 
 	pc->qhave = 0;
+	pc->qdone = false;
 	switch (type) {
-	case 'S': /* Sync: the server answers again */
+	case 'S': /* Sync: the server answers again (but not during COPY FROM STDIN, which ignores it) */
+		if (pc->copy_in) {
+			c->tx.owed -= c->tx.owed > 0;
+			return true;
+		}
 		pc->skipping = false;
 		return ps_push(c, type, PS_FORWARD, NULL, NULL);
+	case 'c': /* CopyDone, CopyFail */
+	case 'f':
+		pc->copy_in = false;
+		return true;
+	case 'D': /* (too long to be gathered) */
+	case 'C':
 	case 'E': /* Execute */
 	case 'Q': /* Query */
 	case 'F': /* FunctionCall */
-		if (pc->skipping)
+		if (pc->skipping) { /* ignored by the server: no ReadyForQuery for a Query either */
+			if (type == 'Q' || type == 'F')
+				c->tx.owed -= c->tx.owed > 0;
 			return true;
+		}
 		return ps_push(c, type, PS_FORWARD, NULL, NULL);
 	default: /* Flush, CopyData, CopyDone, CopyFail, Terminate: no answer of their own */
 		return true;
 	}
 }
 
-/* The next word of a Query's first bytes at *i (letters only), lowercased into w; false when none. */
-static bool ps_word(const struct ps_client *pc, size_t *i, char *w, size_t wlen)
+/* The next word of a Query's first bytes at *i (letters, digits, '_'), lowercased into w. */
+static void ps_word(const struct ps_client *pc, size_t *i, char *w, size_t wlen)
 {
 	size_t k = 0;
 
 	while (*i < pc->qhave && strchr(" \t\r\n", pc->qtext[*i]))
 		(*i)++;
 	while (*i < pc->qhave && k + 1 < wlen &&
-	       ((pc->qtext[*i] >= 'a' && pc->qtext[*i] <= 'z') || (pc->qtext[*i] >= 'A' && pc->qtext[*i] <= 'Z')))
-		w[k++] = (char)(pc->qtext[(*i)++] | 0x20);
+	       ((pc->qtext[*i] >= 'a' && pc->qtext[*i] <= 'z') || (pc->qtext[*i] >= 'A' && pc->qtext[*i] <= 'Z') ||
+		(pc->qtext[*i] >= '0' && pc->qtext[*i] <= '9') || pc->qtext[*i] == '_'))
+	{
+		uint8_t ch = pc->qtext[(*i)++];
+		w[k++] = (char)(ch >= 'A' && ch <= 'Z' ? ch | 0x20 : ch);
+	}
 	w[k] = 0;
-	return k > 0;
 }
 
-/* A Query's first bytes, once known: DISCARD ALL and DEALLOCATE ALL drop every prepared statement, the
- * client's names and what the server connection has prepared.  Should the command fail, the server still
- * has them: the connection is reset (DISCARD ALL) before another session gets it. */
+/* A Query's first bytes, once known (once per Query).  DISCARD ALL and DEALLOCATE ALL drop every prepared
+ * statement when they run, which pglane learns from their CommandComplete (ps_on_tag()); what the client
+ * sends behind such a Query is decided once it has been answered, as behind a Sync (ps_must_wait()). */
 static void ps_on_query_text(struct conn *c)
 {
 	struct ps_client *pc = c->psc;
-	char w1[16], w2[16], w3[16];
+	char w1[16], w2[16];
 	size_t i = 0;
 
-	if (!ps_word(pc, &i, w1, sizeof(w1)))
-		w1[0] = 0;
-	if (!ps_word(pc, &i, w2, sizeof(w2)))
-		w2[0] = 0;
-	if (strcmp(w1, "deallocate") == 0 && strcmp(w2, "prepare") == 0 && ps_word(pc, &i, w3, sizeof(w3)))
-		memcpy(w2, w3, sizeof(w2));
-	pc->qhave = 0;
-	if (strcmp(w2, "all") != 0 || (strcmp(w1, "discard") != 0 && strcmp(w1, "deallocate") != 0))
+	pc->qdone = true;
+	ps_word(pc, &i, w1, sizeof(w1));
+	ps_word(pc, &i, w2, sizeof(w2));
+	if (strcmp(w1, "discard") != 0 && strcmp(w1, "deallocate") != 0)
 		return;
-	/* What follows in the pipeline sees none (as in PostgreSQL); until the command has run, the Query's
-	 * request keeps what was, for the server may skip it (an error before it) or fail it. */
 	struct ps_req *r = pc->count ? &pc->q[(pc->head + pc->count - 1) % pc->cap] : NULL;
-	OPENSSL_LHASH *fresh;
-	if (pc->skipping || !r || r->type != 'Q' || r->has_saved || !(fresh = OPENSSL_LH_new(ps_lh_hash, ps_name_cmp)))
-		return; /* (ignored by the server; or without memory: the names stay, a Bind of one prepares it) */
-	r->has_saved = true;
+	if (pc->skipping || !r || r->type != 'Q')
+		return; /* (ignored by the server) */
 	ps_spec(pc);
-	r->saved_names = pc->names;
-	pc->names = fresh;
-	r->saved_v = c->pss->v;
-	r->saved_n = c->pss->n;
-	r->saved_cap = c->pss->cap;
-	c->pss->v = NULL;
-	c->pss->n = c->pss->cap = 0;
-	c->pss->tainted = true;
+	pc->batch++; /* what follows waits for it */
+	pc->nspec_open = 0;
+}
+
+/* A CommandComplete's tag: DISCARD ALL and DEALLOCATE ALL have dropped every prepared statement, the
+ * client's and the connection's; a DEALLOCATE of one name may have dropped one of pglane's (a client may
+ * name them): the connection is reset (DISCARD ALL) before another session gets it. */
+static void ps_on_tag(struct conn *c, const char *tag)
+{
+	struct ps_client *pc = c->psc;
+	struct ps_server *ss = c->pss;
+
+	if (!ss)
+		return;
+	if (strcmp(tag, "DEALLOCATE") == 0) {
+		ss->tainted = true;
+		return;
+	}
+	if (strcmp(tag, "DISCARD ALL") != 0 && strcmp(tag, "DEALLOCATE ALL") != 0)
+		return;
+	OPENSSL_LHASH *fresh = OPENSSL_LH_new(ps_lh_hash, ps_name_cmp);
+	if (fresh) { /* (without memory the names stay: a Bind of one prepares it again) */
+		OPENSSL_LH_doall(pc->names, ps_name_free);
+		OPENSSL_LH_free(pc->names);
+		pc->names = fresh;
+	}
+	for (unsigned k = 0; k < ss->n; k++)
+		ps_stmt_put(ss->v[k].stmt);
+	ss->n = 0;
+	ss->tainted = true;
 }
 
 /* The client's bytes as read are sent on as they are (one write, no copy) until something in them is not:
@@ -848,7 +855,7 @@ static bool ps_feed(struct conn *c, const uint8_t *p, size_t n, size_t *used)
 		}
 		if (pc->left > 0) {
 			size_t k = n < pc->left ? n : pc->left;
-			if (pc->type == 'Q' && pc->qhave < sizeof(pc->qtext)) {
+			if (pc->type == 'Q' && !pc->qdone && pc->qhave < sizeof(pc->qtext)) {
 				size_t q = sizeof(pc->qtext) - pc->qhave;
 				q = q < k ? q : k;
 				memcpy(pc->qtext + pc->qhave, p, q);
@@ -858,7 +865,7 @@ static bool ps_feed(struct conn *c, const uint8_t *p, size_t n, size_t *used)
 				return false;
 			p += k, n -= k;
 			pc->left -= (uint32_t)k;
-			if (pc->type == 'Q' && (pc->left == 0 || pc->qhave == sizeof(pc->qtext)) && pc->qhave > 0)
+			if (pc->type == 'Q' && !pc->qdone && (pc->left == 0 || pc->qhave == sizeof(pc->qtext)))
 				ps_on_query_text(c);
 			continue;
 		}
@@ -883,9 +890,11 @@ static bool ps_feed(struct conn *c, const uint8_t *p, size_t n, size_t *used)
 			if (!ps_copying(pc, &r) || evbuffer_add(pc->out, h, 5) != 0 ||
 			    evbuffer_add(pc->out, in_place ? p + 5 : p, in_place ? n - 5 : n) != 0)
 				return false;
+			p += n, n = 0;
 			break;
 		}
-		if (type == 'P' || type == 'B' || type == 'D' || type == 'C') {
+		/* (a Describe or Close past PostgreSQL's 10000 bytes for them streams: the server refuses it) */
+		if (type == 'P' || type == 'B' || ((type == 'D' || type == 'C') && len <= 10000)) {
 			if (in_place && n >= (size_t)len + 1) { /* whole where it was read */
 				if (!ps_message(c, &r, p, (size_t)len + 1, true))
 					return false;
@@ -991,6 +1000,14 @@ bool ps_to_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *b
 	return ps_flush_out(c);
 }
 
+void ps_release(struct conn *c)
+{
+	if (!c->psc || evbuffer_get_length(c->psc->stash) == 0)
+		return;
+	c->psc->force = true;
+	ps_refeed(c);
+}
+
 /* ---------------------------------------------------------------- the server's messages */
 
 /* Whether a server message of type t completes the answer to request r. */
@@ -1017,18 +1034,40 @@ static bool ps_ends(const struct ps_req *r, uint8_t t)
 static void ps_on_error(struct conn *c)
 {
 	struct ps_client *pc = c->psc;
-	struct ps_req *r = ps_head(pc);
-
 	unsigned k = 1; /* the failed request and those behind it up to the next Sync */
 
-	(void)r;
 	while (k < pc->count && pc->q[(pc->head + k) % pc->cap].type != 'S')
 		k++;
-	for (unsigned j = k; j-- > 0;) /* the last first: each undo finds the books as its request left them */
-		ps_undo(c, &pc->q[(pc->head + j) % pc->cap]);
+	for (unsigned j = k; j-- > 0;) { /* the last first: each undo finds the books as its request left them */
+		struct ps_req *r = &pc->q[(pc->head + j) % pc->cap];
+		ps_undo(c, r);
+		if (j > 0 && (r->type == 'Q' || r->type == 'F')) /* skipped: no ReadyForQuery of its own */
+			c->tx.owed -= c->tx.owed > 0;
+	}
 	for (unsigned j = 0; j < k; j++)
 		ps_pop(pc);
 	pc->skipping = pc->count == 0;
+	pc->copy_in = false; /* (a COPY FROM STDIN that failed has ended) */
+}
+
+/* COPY FROM STDIN began (CopyInResponse): the server ignores Sync until the client's CopyDone or CopyFail,
+ * so the Syncs the client sent behind the Execute get no ReadyForQuery. */
+static void ps_on_copy_in(struct conn *c)
+{
+	struct ps_client *pc = c->psc;
+	unsigned kept = 1;
+
+	pc->copy_in = true;
+	for (unsigned j = 1; j < pc->count; j++) {
+		struct ps_req *r = &pc->q[(pc->head + j) % pc->cap];
+		if (r->type == 'S') {
+			c->tx.owed -= c->tx.owed > 0;
+			ps_req_clear(r);
+			continue;
+		}
+		pc->q[(pc->head + kept++) % pc->cap] = *r;
+	}
+	pc->count = kept;
 }
 
 /* The error a duplicate Parse met (in pc->serr): PostgreSQL's 42P05 names the client's statement; any
@@ -1076,13 +1115,13 @@ static bool ps_server_message_end(struct conn *c, uint8_t t)
 	struct ps_client *pc = c->psc;
 	struct ps_req *r = ps_head(pc);
 
+	if (t == 'C' && pc->stag_have > 0 && memchr(pc->stag, 0, pc->stag_have))
+		ps_on_tag(c, pc->stag);
 	if (!r || t == 'N' || t == 'A' || t == 'S')
 		return true;
-	if (r->type == 'Q' && r->has_saved && (t == 'C' || t == 'E')) { /* a DISCARD ALL ran, or failed */
-		if (t == 'C')
-			ps_saved_free(r);
-		else
-			ps_saved_restore(c, r);
+	if (t == 'G' && (r->type == 'E' || r->type == 'Q')) {
+		ps_on_copy_in(c);
+		return true;
 	}
 	if (t == 'E') {
 		if (r->type == 'S' || r->type == 'Q' || r->type == 'F')
@@ -1161,6 +1200,12 @@ static bool ps_from_server_bytes(struct conn *c, const uint8_t *p, size_t n)
 				}
 				run = p + k;
 			}
+			if (pc->stype == 'C' && pc->stag_have < sizeof(pc->stag)) {
+				size_t t = sizeof(pc->stag) - pc->stag_have;
+				t = t < k ? t : k;
+				memcpy(pc->stag + pc->stag_have, p, t);
+				pc->stag_have += (uint8_t)t;
+			}
 			p += k, n -= k;
 			pc->sleft -= (uint32_t)k;
 			if (pc->sleft == 0 && !ps_message_done(c, &run, p))
@@ -1191,6 +1236,7 @@ static bool ps_from_server_bytes(struct conn *c, const uint8_t *p, size_t n)
 			return false;
 		}
 		pc->stype = h[0];
+		pc->stag_have = 0;
 		pc->sdrop = !ps_server_header(c, pc->stype);
 		pc->skeep = pc->sdrop && pc->stype == 'E'; /* (a duplicate Parse's) */
 		pc->sleft = len - 4;

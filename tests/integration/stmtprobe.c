@@ -13,6 +13,8 @@
  *                        in pipeline mode: a query that fails (SELECT 1/0), then Parse NAME SQL, then one
  *                        Sync: prints what each got ("ERROR 22012 ..." then "skipped" when the server
  *                        skipped the Parse, as PostgreSQL does after an error, or "ok")
+ *   copy-in TABLE N      COPY TABLE FROM STDIN through the extended protocol (PQexecParams), N rows of
+ *                        one integer: "ok", or the error
  *   pipeline-use NAME SQL
  *                        in pipeline mode: Parse NAME SQL, Sync, then NAME executed, Sync: both results
  *   pipeline-batch N NAME...
@@ -135,6 +137,28 @@ int main(int argc, char **argv)
 			i += 2;
 			pipeline_results(c, 2);
 			PQexitPipelineMode(c);
+		} else if (strcmp(step, "copy-in") == 0 && i + 2 <= argc) {
+			char sql[256], row[32];
+			snprintf(sql, sizeof(sql), "COPY %s FROM STDIN", argv[i]);
+			int rows = atoi(argv[i + 1]);
+			i += 2;
+			r = PQexecParams(c, sql, 0, NULL, NULL, NULL, NULL, 0);
+			if (PQresultStatus(r) != PGRES_COPY_IN) {
+				print_result(r, c);
+				PQclear(r);
+				continue;
+			}
+			PQclear(r);
+			for (int k = 0; k < rows; k++) {
+				int len = snprintf(row, sizeof(row), "%d\n", k);
+				PQputCopyData(c, row, len);
+			}
+			PQputCopyEnd(c, NULL);
+			r = PQgetResult(c);
+			print_result(r, c);
+			PQclear(r);
+			while ((r = PQgetResult(c)))
+				PQclear(r);
 		} else if (strcmp(step, "pipeline-use") == 0 && i + 2 <= argc) {
 			if (!PQenterPipelineMode(c) || !PQsendPrepare(c, argv[i], argv[i + 1], 0, NULL) || !PQpipelineSync(c) ||
 			    !PQsendQueryPrepared(c, argv[i], 0, NULL, NULL, NULL, 0) || !PQpipelineSync(c)) {

@@ -81,7 +81,26 @@ ERROR 22012,skipped
 ERROR 42P05
 used' "$(probe "${steps[@]}")"
 
-steps=(prepare d "SELECT 'd'" query "DISCARD ALL" exec d prepare d "SELECT 'again'" exec d query "DEALLOCATE ALL" exec d)
+steps=(prepare x1 "SELECT 'x'" query "BEGIN" query "SELECT 1/0" prepare x2 "SELECT 'x'" query "ROLLBACK"
+	prepare x2 "SELECT 'x'" exec x2)
+check_eq "in a failed transaction a Parse of a text the connection has is refused (25P02), and its name stays free (as directly)" \
+	"$(direct_probe "${steps[@]}")" "$(probe "${steps[@]}")"
+
+steps=(query "CREATE TABLE IF NOT EXISTS copied (n int)" prepare cnt "SELECT count(*) FROM copied" copy-in copied 1000
+	exec cnt copy-in copied 10 exec cnt query "DROP TABLE copied")
+check_eq "COPY FROM STDIN through the extended protocol (its Sync ignored by the server) between named statements (as directly)" \
+	"$(direct_probe "${steps[@]}")" "$(probe "${steps[@]}")"
+check_eq "  ... which is" 'ok
+ok
+ok
+1000
+ok
+1010
+ok' "$(probe "${steps[@]}")"
+
+steps=(prepare d "SELECT 'd'" query "DISCARD ALL" exec d prepare d "SELECT 'again'" exec d query "DEALLOCATE ALL" exec d
+	prepare d "SELECT 'third'" query "SELECT 1; DEALLOCATE ALL" exec d prepare d "SELECT 'fourth'" query "DEALLOCATE all_x"
+	exec d)
 check_eq "DISCARD ALL and DEALLOCATE ALL drop the client's statements (as directly)" \
 	"$(direct_probe "${steps[@]}")" "$(probe "${steps[@]}")"
 
