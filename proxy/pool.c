@@ -715,8 +715,7 @@ static void pool_txn_join(struct conn *c)
 	c->txn = true;
 	c->group->nsessions++;
 	/* Named statements are kept by pglane (stmt.c); without memory for that, they pin the session. */
-	if (c->snap->conf->max_prepared_statements > 0)
-		c->psc = ps_client_new(); /* (relay_start() tells c->tx) */
+	c->ps_on = c->snap->conf->max_prepared_statements > 0; /* (relay_start() tells c->tx) */
 }
 
 enum pool_login pool_txn_login(struct conn *c)

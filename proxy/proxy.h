@@ -186,7 +186,8 @@ struct conn {
 	struct pgroup *group;         /* reference: the sessions and server connections sharing one pool */
 	struct pg_txn tx;
 	struct evbuffer *held;        /* owned: the client's bytes waiting for a server connection */
-	struct ps_client *psc;        /* owned: named prepared statements (stmt.c), max_prepared_statements > 0 */
+	bool ps_on;                   /* named prepared statements kept by stmt.c (max_prepared_statements > 0) */
+	struct ps_client *psc;        /* owned: stmt.c's state for the session, made at its first bytes */
 	struct ps_server *pss;        /* owned: what the attached server connection has prepared */
 	uint32_t client_pid;          /* the process id the client was told (BackendKeyData) */
 	uint32_t wait_since;          /* px->clock_s when it began waiting (query_wait_timeout) */
@@ -489,6 +490,7 @@ bool ps_from_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer 
 bool ps_busy(const struct ps_client *pc);          /* a message or an answer is under way */
 size_t ps_stashed(const struct ps_client *pc);     /* the client's bytes waiting for a batch's answers */
 void ps_release(struct conn *c); /* the client has gone: what it sent goes to the server without waiting */
+void ps_trim(struct conn *c);    /* an idle session without named statements gives its state back */
 bool ps_server_tainted(const struct ps_server *ss); /* DISCARD/DEALLOCATE: reset before it is shared again */
 unsigned ps_client_count(const struct ps_client *pc); /* the client's named statements */
 unsigned ps_server_count(const struct ps_server *ss); /* statements prepared on the connection */

@@ -469,7 +469,7 @@ void relay_txn_resume(struct conn *c)
 		evbuffer_free(from_server);
 	}
 	if (ok && c->held && evbuffer_get_length(c->held) > 0)
-		ok = c->psc ? ps_to_server(c, NULL, 0, c->held) : relay_send(c, false, NULL, 0, c->held);
+		ok = c->ps_on ? ps_to_server(c, NULL, 0, c->held) : relay_send(c, false, NULL, 0, c->held);
 	if (ok && c->state == CONN_RELAY && !c->closing) {
 		relay_reading(c, true, !(c->relay_blocked & RELAY_BLOCKED_CLIENT));
 		relay_txn_settle(c); /* what it sent may ask for no answer (a stray CopyData) */
@@ -493,7 +493,7 @@ static bool relay_deliver(struct conn *c, bool to_client, const uint8_t *p, size
 		}
 		if (!to_client && c->rs.fd < 0 && !c->server)
 			return relay_txn_hold(c, p, n, buf);
-		if (c->psc) { /* stmt.c; what it holds back counts as the server's pending bytes */
+		if (c->ps_on) { /* stmt.c; what it holds back counts as the server's pending bytes */
 			if (!(to_client ? ps_from_server(c, p, n, buf) : ps_to_server(c, p, n, buf)))
 				return false;
 			if (to_client)
@@ -775,7 +775,7 @@ void relay_start(struct conn *c)
 	c->last_active = c->px->clock_s;
 	memset(&c->tx, 0, sizeof(c->tx));
 	c->tx.status = 'I';
-	c->tx.names_kept = c->psc != NULL;
+	c->tx.names_kept = c->ps_on;
 	/* The login's deadline is over; an idle session keeps no timer (conn_arm_timer() makes one if needed). */
 	event_free(c->timer);
 	c->timer = NULL;
@@ -847,6 +847,8 @@ void relay_sweep(struct proxy *px)
 			krelay_refresh(c);
 			krelay_credit(c);
 		}
+		if (c->psc && c->rs.fd < 0 && !c->server && px->clock_s - c->last_active > 1)
+			ps_trim(c); /* idle without a server connection: stmt.c's buffers go (made again at need) */
 		/* The clock ticks once a second, so "more than N ticks" is between N and N + 1 seconds. */
 		if (c->waiting && conf->query_wait_timeout_s > 0 &&
 		    px->clock_s - c->wait_since > (uint32_t)conf->query_wait_timeout_s) {

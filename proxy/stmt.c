@@ -255,13 +255,12 @@ struct ps_client *ps_client_new(void)
 
 	if (!pc)
 		return NULL;
-	pc->names = OPENSSL_LH_new(ps_lh_hash, ps_name_cmp);
 	pc->part = evbuffer_new();
 	pc->out = evbuffer_new();
 	pc->msg = evbuffer_new();
 	pc->serr = evbuffer_new();
 	pc->stash = evbuffer_new();
-	if (!pc->names || !pc->part || !pc->out || !pc->msg || !pc->serr || !pc->stash) {
+	if (!pc->part || !pc->out || !pc->msg || !pc->serr || !pc->stash) {
 		ps_client_free(pc);
 		return NULL;
 	}
@@ -309,7 +308,7 @@ void ps_client_free(struct ps_client *pc)
 
 unsigned ps_client_count(const struct ps_client *pc)
 {
-	return pc ? (unsigned)OPENSSL_LH_num_items(pc->names) : 0;
+	return pc && pc->names ? (unsigned)OPENSSL_LH_num_items(pc->names) : 0;
 }
 
 size_t ps_stashed(const struct ps_client *pc)
@@ -329,8 +328,11 @@ static struct ps_name *ps_name_find(struct ps_client *pc, const char *name)
 	size_t len = strlen(name);
 	struct ps_name *probe = len < 64 ? (struct ps_name *)(void *)stack : malloc(sizeof(*probe) + len + 1), *found;
 
-	if (!probe)
+	if (!probe || !pc->names) {
+		if (probe != (struct ps_name *)(void *)stack)
+			free(probe);
 		return NULL;
+	}
 	probe->hash = OPENSSL_LH_strhash(name);
 	memcpy(probe->name, name, len + 1);
 	found = OPENSSL_LH_retrieve(pc->names, probe);
@@ -345,8 +347,10 @@ static bool ps_name_add(struct ps_client *pc, const char *name, struct ps_stmt *
 	size_t len = strlen(name);
 	struct ps_name *n = malloc(sizeof(*n) + len + 1);
 
-	if (!n)
+	if (!n || (!pc->names && !(pc->names = OPENSSL_LH_new(ps_lh_hash, ps_name_cmp)))) {
+		free(n);
 		return false;
+	}
 	n->hash = OPENSSL_LH_strhash(name);
 	memcpy(n->name, name, len + 1);
 	n->stmt = ps_stmt_ref(s);
@@ -774,11 +778,10 @@ static void ps_on_tag(struct conn *c, const char *tag)
 	}
 	if (strcmp(tag, "DISCARD ALL") != 0 && strcmp(tag, "DEALLOCATE ALL") != 0)
 		return;
-	OPENSSL_LHASH *fresh = OPENSSL_LH_new(ps_lh_hash, ps_name_cmp);
-	if (fresh) { /* (without memory the names stay: a Bind of one prepares it again) */
+	if (pc->names) {
 		OPENSSL_LH_doall(pc->names, ps_name_free);
 		OPENSSL_LH_free(pc->names);
-		pc->names = fresh;
+		pc->names = NULL;
 	}
 	for (unsigned k = 0; k < ss->n; k++)
 		ps_stmt_put(ss->v[k].stmt);
@@ -959,15 +962,31 @@ static bool ps_refeed(struct conn *c)
 	return c->state != CONN_CLOSED && ps_flush_out(c);
 }
 
-bool ps_to_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *buf)
+/* The session's state, made at its first bytes (an idle client that has sent nothing holds none). */
+static bool ps_ready(struct conn *c)
 {
-	struct ps_client *pc = c->psc;
-	bool ok = true;
-
-	if (!c->pss && !(c->pss = calloc(1, sizeof(*c->pss)))) {
+	if ((!c->psc && !(c->psc = ps_client_new())) || (!c->pss && !(c->pss = calloc(1, sizeof(*c->pss))))) {
 		conn_close(c, "out of memory");
 		return false;
 	}
+	return true;
+}
+
+void ps_trim(struct conn *c)
+{
+	if (c->psc && !ps_busy(c->psc) && ps_client_count(c->psc) == 0 && !c->psc->copy_in && !c->psc->skipping) {
+		ps_client_free(c->psc);
+		c->psc = NULL;
+	}
+}
+
+bool ps_to_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *buf)
+{
+	if (!ps_ready(c))
+		return false;
+	struct ps_client *pc = c->psc;
+	bool ok = true;
+
 	if (evbuffer_get_length(pc->stash) > 0) { /* behind what waits */
 		ok = (p ? evbuffer_add(pc->stash, p, n) : evbuffer_add_buffer(pc->stash, buf)) == 0;
 		if (!ok) {
@@ -1262,6 +1281,8 @@ static bool ps_from_server_bytes(struct conn *c, const uint8_t *p, size_t n)
 
 bool ps_from_server(struct conn *c, const uint8_t *p, size_t n, struct evbuffer *buf)
 {
+	if (!ps_ready(c))
+		return false;
 	if (p) {
 		if (!ps_from_server_bytes(c, p, n))
 			return false;
