@@ -30,9 +30,11 @@
 #   BENCH_SCALE=10         pgbench -i scale
 #   BENCH_JOBS=2           pgbench -j for the multi-client cases
 #   BENCH_CASES="1 1t 1s 2 3 4 4t 5 6 6p idle"   which cases to run (6, 6p: transaction pooling)
-#   BENCH_MAX_CONNECTIONS=600   PostgreSQL max_connections (256 clients + PgBouncer's pool + idle test)
-#   BENCH_IDLE_CLIENTS     idle clients per session-pooling memory measurement (default: max_connections
-#                          - 50, since each then holds a server connection)
+#   BENCH_MAX_CONNECTIONS=700   PostgreSQL max_connections: case 3's 256 clients leave each session proxy
+#                          holding 256 server connections (kept for the next client), and case 6 runs 64
+#                          clients directly beside them (at 600 it met "too many clients" now and then)
+#   BENCH_IDLE_CLIENTS     idle clients per session-pooling memory measurement (default: 550, or
+#                          max_connections - 50 below 600, since each then holds a server connection)
 #   BENCH_IDLE_TXN_CLIENTS=10000   idle clients per transaction-pooling measurement (they hold none)
 #   BENCH_PGB_USERLIST=plain   PgBouncer's userlist: plain (the password: one PBKDF2 per client login,
 #                          as issue 7's baseline figures) or scram (the SCRAM secret from pg_authid)
@@ -174,8 +176,8 @@ WARMUP=${BENCH_WARMUP:-2}
 SCALE=${BENCH_SCALE:-10}
 JOBS=${BENCH_JOBS:-2}
 CASES=${BENCH_CASES:-1 1t 1s 2 3 4 4t 5 6 6p idle}
-MAXCONN=${BENCH_MAX_CONNECTIONS:-600}
-IDLE_N=${BENCH_IDLE_CLIENTS:-$((MAXCONN - 50))}
+MAXCONN=${BENCH_MAX_CONNECTIONS:-700}
+IDLE_N=${BENCH_IDLE_CLIENTS:-$((MAXCONN > 600 ? 550 : MAXCONN - 50))}
 IDLE_TXN_N=${BENCH_IDLE_TXN_CLIENTS:-10000}
 PGB_USERLIST=${BENCH_PGB_USERLIST:-plain}
 KRELAY=${BENCH_KERNEL_RELAY:-auto}
