@@ -492,8 +492,6 @@ size_t ps_stashed(const struct ps_client *pc);     /* the client's bytes waiting
 void ps_release(struct conn *c); /* the client has gone: what it sent goes to the server without waiting */
 void ps_trim(struct conn *c);    /* an idle session without named statements gives its state back */
 bool ps_server_tainted(const struct ps_server *ss); /* DISCARD/DEALLOCATE: reset before it is shared again */
-unsigned ps_client_count(const struct ps_client *pc); /* the client's named statements */
-unsigned ps_server_count(const struct ps_server *ss); /* statements prepared on the connection */
 /* relay.c: bytes (p, or all of buf) to the client or the server, as they are. */
 bool relay_out(struct conn *c, bool to_client, const uint8_t *p, size_t n, struct evbuffer *buf);
 

@@ -57,7 +57,7 @@ size_t relay_pending(struct conn *c, bool client)
 	struct relay_raw *r = relay_raw_of(c, client);
 	struct bufferevent *b = relay_bev_of(c, client);
 
-	size_t waiting = client ? 0 : ps_stashed(c->psc); /* (the client's bytes that wait in stmt.c) */
+	size_t waiting = client || !c->psc ? 0 : ps_stashed(c->psc); /* (the client's bytes waiting in stmt.c) */
 
 	if (r->fd >= 0)
 		return waiting + (r->out ? evbuffer_get_length(r->out) : 0);

@@ -242,12 +242,11 @@ bool ps_server_tainted(const struct ps_server *ss)
 	return ss && ss->tainted;
 }
 
-unsigned ps_server_count(const struct ps_server *ss)
-{
-	return ss ? ss->n : 0;
-}
 
 /* ---------------------------------------------------------------- the client's side */
+
+/* The buffers a struct ps_client owns (made together, freed together). */
+#define PS_BUFFERS(pc) {&(pc)->part, &(pc)->out, &(pc)->msg, &(pc)->serr, &(pc)->stash}
 
 struct ps_client *ps_client_new(void)
 {
@@ -255,15 +254,12 @@ struct ps_client *ps_client_new(void)
 
 	if (!pc)
 		return NULL;
-	pc->part = evbuffer_new();
-	pc->out = evbuffer_new();
-	pc->msg = evbuffer_new();
-	pc->serr = evbuffer_new();
-	pc->stash = evbuffer_new();
-	if (!pc->part || !pc->out || !pc->msg || !pc->serr || !pc->stash) {
-		ps_client_free(pc);
-		return NULL;
-	}
+	struct evbuffer **bufs[] = PS_BUFFERS(pc);
+	for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+		if (!(*bufs[i] = evbuffer_new())) {
+			ps_client_free(pc);
+			return NULL;
+		}
 	return pc;
 }
 
@@ -293,20 +289,14 @@ void ps_client_free(struct ps_client *pc)
 	for (unsigned i = 0; i < pc->count; i++)
 		ps_req_clear(&pc->q[(pc->head + i) % pc->cap]);
 	free(pc->q);
-	if (pc->part)
-		evbuffer_free(pc->part);
-	if (pc->out)
-		evbuffer_free(pc->out);
-	if (pc->msg)
-		evbuffer_free(pc->msg);
-	if (pc->serr)
-		evbuffer_free(pc->serr);
-	if (pc->stash)
-		evbuffer_free(pc->stash);
+	struct evbuffer **bufs[] = PS_BUFFERS(pc);
+	for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+		if (*bufs[i])
+			evbuffer_free(*bufs[i]);
 	free(pc);
 }
 
-unsigned ps_client_count(const struct ps_client *pc)
+static unsigned ps_client_count(const struct ps_client *pc)
 {
 	return pc && pc->names ? (unsigned)OPENSSL_LH_num_items(pc->names) : 0;
 }
@@ -446,16 +436,23 @@ static bool ps_push(struct conn *c, uint8_t type, uint8_t how, struct ps_stmt *s
 	return true;
 }
 
-/* The request just queued changed the books (see struct ps_client). */
-static void ps_spec(struct ps_client *pc)
+/* The request queued last, or NULL. */
+static struct ps_req *ps_last(struct ps_client *pc)
 {
-	struct ps_req *r = &pc->q[(pc->head + pc->count - 1) % pc->cap];
+	return pc->count ? &pc->q[(pc->head + pc->count - 1) % pc->cap] : NULL;
+}
+
+/* The request just queued changed the books (see struct ps_client): it is returned. */
+static struct ps_req *ps_spec(struct ps_client *pc)
+{
+	struct ps_req *r = ps_last(pc);
 
 	if (!r->spec) {
 		r->spec = true;
 		pc->nspec++;
 		pc->nspec_open++;
 	}
+	return r;
 }
 
 /* Whether what the client sends next must wait for the answers to a batch that changed the books. */
@@ -515,8 +512,7 @@ static bool ps_make_room(struct conn *c)
 		ps_put_msg(c->psc->msg, 'C', "S", 1, srv, strlen(srv) + 1, NULL, 0);
 		if (!ps_push(c, 'C', PS_SWALLOW, s, NULL))
 			return false;
-		c->psc->q[(c->psc->head + c->psc->count - 1) % c->psc->cap].srv_del = true;
-		ps_spec(c->psc);
+		ps_spec(c->psc)->srv_del = true;
 		c->px->stats.ps_evicted++;
 	}
 	return true;
@@ -538,8 +534,7 @@ static bool ps_ensure(struct conn *c, struct ps_stmt *s)
 	ps_put_msg(c->psc->msg, 'P', srv, strlen(srv) + 1, s->body, s->len, NULL, 0);
 	if (!ps_push(c, 'P', PS_SWALLOW, ps_stmt_ref(s), NULL))
 		return false;
-	c->psc->q[(c->psc->head + c->psc->count - 1) % c->psc->cap].srv_add = true;
-	ps_spec(c->psc);
+	ps_spec(c->psc)->srv_add = true;
 	c->px->stats.ps_prepared++;
 	return true;
 }
@@ -610,8 +605,7 @@ static bool ps_on_parse(struct conn *c, const uint8_t *body, size_t len, size_t 
 	ps_put_msg(pc->msg, 'P', srv, strlen(srv) + 1, rest, restlen, NULL, 0);
 	if (!ps_push(c, 'P', PS_FORWARD, s, dup))
 		return false;
-	pc->q[(pc->head + pc->count - 1) % pc->cap].srv_add = true;
-	ps_spec(pc);
+	ps_spec(pc)->srv_add = true;
 	c->px->stats.ps_prepared++;
 	return true;
 }
@@ -754,7 +748,7 @@ static void ps_on_query_text(struct conn *c)
 	ps_word(pc, &i, w2, sizeof(w2));
 	if (strcmp(w1, "discard") != 0 && strcmp(w1, "deallocate") != 0)
 		return;
-	struct ps_req *r = pc->count ? &pc->q[(pc->head + pc->count - 1) % pc->cap] : NULL;
+	struct ps_req *r = ps_last(pc);
 	if (pc->skipping || !r || r->type != 'Q')
 		return; /* (ignored by the server) */
 	ps_spec(pc);

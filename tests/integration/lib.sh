@@ -456,6 +456,10 @@ in_env() {
 	)
 }
 
+# admin SQL: the admin console (user admin, password $ADMIN_PASSWORD, pglane on $LANE_PORT), columns
+# separated by one space.  Scripts whose console differs (t_operate, t_workers) define their own.
+admin() { PGPASSWORD=$ADMIN_PASSWORD psql -X -At -F ' ' -h 127.0.0.1 -p "$LANE_PORT" -U admin -d pglane -c "$1"; }
+
 # env_var APP TIMELINE-ARGS... VAR: one variable from `pglane env`.
 env_var() {
 	local var=${*: -1}

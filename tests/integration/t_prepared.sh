@@ -46,7 +46,6 @@ EOF
 chmod 600 "$CONF"
 pglane_start "$CONF" || bail "pglane_start"
 
-admin() { PGPASSWORD=$ADMIN_PASSWORD psql -X -At -F ' ' -h 127.0.0.1 -p "$LANE_PORT" -U admin -d pglane -c "$1"; }
 probe() { in_env ps --production -- "$STMTPROBE" "" "$@" 2>&1; }
 metric() { node "$NODE_DIR/httpget.js" "http://127.0.0.1:$HTTP_PORT/metrics" /dev/stdout 2>/dev/null | sed -n "s/^$1 //p"; }
 direct_probe() { "$STMTPROBE" "host=127.0.0.1 port=$PG_MAIN_PORT user=postgres password=$PG_MAIN_PASSWORD dbname=ps-production" "$@" 2>&1; }

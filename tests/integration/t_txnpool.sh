@@ -138,7 +138,6 @@ check "... after the busy ones finished ($((t1 - t0)) ms)" [ $((t1 - t0)) -ge 70
 n=$(backends tp-production)
 check "still at most pool_size server connections ($n)" [ "$n" -le 2 ]
 
-admin() { PGPASSWORD=$ADMIN_PASSWORD psql -X -At -F ' ' -h 127.0.0.1 -p "$LANE_PORT" -U admin -d pglane -c "$1"; }
 # While both connections run long transactions, SHOW POOLS shows who waits, and query_wait_timeout (2 s)
 # ends a transaction that waits too long.
 echo "BEGIN; SELECT pg_sleep(4); COMMIT;" >&"$FD_6"
